@@ -1,0 +1,52 @@
+"""Amaranth views of the command ISA, generated from :mod:`npusim.sw.isa.table`.
+
+``command_layout(name)`` is the :class:`~amaranth.lib.data.StructLayout` of one 256-bit command
+(opcode, fields, reserved tail); :data:`Command` is the union of all of them, so a decoder can
+look at a fetched word as ``cmd.dma_copy.src_off`` and so on. ISA enums become Amaranth enums of
+the same width.
+"""
+
+import functools
+import types
+
+from amaranth.hdl import signed
+from amaranth.lib import data, enum
+
+from ..sw.isa.table import BY_NAME, COMMAND_BITS, COMMANDS, OPCODE_BITS
+
+__all__ = ["amaranth_enum", "command_layout", "Command", "Opcode"]
+
+
+@functools.cache
+def amaranth_enum(isa_enum):
+    """The Amaranth ``enum.Enum`` (with ``shape = WIDTH``) mirroring an ISA enum."""
+    members = {m.name: int(m) for m in isa_enum}
+    return types.new_class(isa_enum.__name__, (enum.Enum,), {"shape": isa_enum.WIDTH},
+                           lambda ns: ns.update(members))
+
+
+Opcode = types.new_class("Opcode", (enum.Enum,), {"shape": OPCODE_BITS},
+                         lambda ns: ns.update({c.name: c.opcode for c in COMMANDS}))
+
+
+def _shape(f):
+    if f.kind == "enum":
+        return amaranth_enum(f.enum)
+    if f.kind == "sint":
+        return signed(f.width)
+    return f.width
+
+
+@functools.cache
+def command_layout(name):
+    """The 256-bit struct layout of command ``name``."""
+    spec = BY_NAME[name]
+    members = {"opcode": Opcode}
+    members.update({f.name: _shape(f) for f in spec.fields})
+    if spec.used_bits < COMMAND_BITS:
+        members["reserved"] = COMMAND_BITS - spec.used_bits
+    return data.StructLayout(members)
+
+
+#: A fetched command seen as every opcode's layout at once.
+Command = data.UnionLayout({c.name.lower(): command_layout(c.name) for c in COMMANDS})
