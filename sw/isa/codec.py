@@ -253,8 +253,8 @@ def _fmt_sum(reg, imm, fmt=_fmt_int):
 
 def format_command(cmd):
     """One readable line: ``NAME field=value ...`` with composite operands joined, e.g.
-    ``src=dram[r2+0x100]`` and ``n=r5+1``; zero flags and zero immediates of optional
-    operands are left out."""
+    ``src=dram[r2+0x100]`` and ``n=r5+1``; clear flags and zero optional operands are left
+    out."""
     parts, done = [], set()
     for f in cmd.spec.fields:
         if f.name in done:
@@ -264,6 +264,8 @@ def format_command(cmd):
             members = [m for m in cmd.spec.fields if m.group == g]
             done.update(m.name for m in members)
             vals = {m.name: cmd.fields[m.name] for m in members}
+            if any(m.optional for m in members) and not any(vals.values()):
+                continue
             if f"{g}_off" in vals:  # address operand
                 space = vals.get(f"{g}_space", cmd.spec.field(f"{g}_off").space)
                 text = f"{space.name.lower()}[{_fmt_sum(vals[f'{g}_reg'], vals[f'{g}_off'], hex)}]"
@@ -272,6 +274,8 @@ def format_command(cmd):
             parts.append(f"{g}={text}")
             continue
         v = cmd.fields[f.name]
+        if f.optional and not v:
+            continue
         if f.kind == "flag":
             if v:
                 parts.append(f.name)

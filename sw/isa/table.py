@@ -58,6 +58,8 @@ class Field:
     group: str | None = None
     #: For the offset of an address operand without a space field: the space it always is in.
     space: Space | None = None
+    #: Optional operand: the disassembler leaves it out when it is zero.
+    optional: bool = False
 
     def __post_init__(self):
         assert self.kind in ("uint", "sint", "enum", "reg", "flag"), self.kind
@@ -121,8 +123,8 @@ class CommandSpec:
 
 # -- field helpers: composite operands expand into several fields sharing a group ---------------
 
-def U(name, width, doc, group=None):
-    return Field(name, width, "uint", doc, group=group)
+def U(name, width, doc, group=None, optional=False):
+    return Field(name, width, "uint", doc, group=group, optional=optional)
 
 
 def S(name, width, doc, group=None):
@@ -147,14 +149,14 @@ def reg_imm(name, width, doc, signed=False):
     return (R(f"{name}_reg", f"register added to `{name}`", group=name), imm)
 
 
-def address(name, doc, space=None):
+def address(name, doc, space=None, optional=False):
     """An address operand ``<space>[R[<name>_reg] + <name>_off]`` (offset signed 32-bit); its
     space is a field unless the operand is always in ``space``."""
     parts = ()
     if space is None:
         parts += (E(f"{name}_space", Space, f"address space of `{name}`", group=name),)
     off = Field(f"{name}_off", 32, "sint", f"byte offset of {doc} from its base register",
-                group=name, space=space)
+                group=name, space=space, optional=optional)
     return parts + (R(f"{name}_reg", f"base register of `{name}`", group=name), off)
 
 
@@ -225,10 +227,10 @@ COMMANDS = (
                 + reg_imm("len", 20, "bytes per contiguous row")
                 + reg_imm("n1", 12, "rows in dimension 1")
                 + (U("n2", 12, "planes in dimension 2"),
-                   U("src_stride1", 24, "source bytes between rows"),
-                   U("dst_stride1", 24, "destination bytes between rows"),
-                   U("src_stride2", 28, "source bytes between planes"),
-                   U("dst_stride2", 28, "destination bytes between planes")),
+                   U("src_stride1", 24, "source bytes between rows", optional=True),
+                   U("dst_stride1", 24, "destination bytes between rows", optional=True),
+                   U("src_stride2", 28, "source bytes between planes", optional=True),
+                   U("dst_stride2", 28, "destination bytes between planes", optional=True)),
                 engines=DMA_ENGINES),
     CommandSpec("DMA_GATHER", 0x11, C.DMA,
                 "Paged gather through a block table (vLLM layout): for t < n, tok = t0 + t, "
@@ -303,7 +305,7 @@ COMMANDS = (
                  sram("a", "operand a"), ld("lda", "operand a"),
                  sram("b", "operand b"), ld("ldb", "operand b (TILE mode)"),
                  E("b_mode", VBMode, "how operand b is read"),
-                 U("imm", 32, "operand b in IMM mode (fp32/int32 bit pattern)"),
+                 U("imm", 32, "operand b in IMM mode (fp32/int32 bit pattern)", optional=True),
                  sram("c", "operand c (SELECT's mask; read with lda)"),
                  E("a_dtype", DType, "element type of a"),
                  E("d_dtype", DType, "element type of dst"))
@@ -334,7 +336,7 @@ COMMANDS = (
                 + reg_imm("q0", 20, "query position of row 0")
                 + reg_imm("k0", 20, "key position of column 0")
                 + reg_imm("klen", 20, "number of valid keys")
-                + (U("window", 20, "sliding-window size in tokens (0: none)"),),
+                + (U("window", 20, "sliding-window size in tokens (0: none)", optional=True),),
                 engine=Engine.COMPUTE),
 
     # -- synchronisation ---------------------------------------------------------------------------
@@ -354,7 +356,7 @@ COMMANDS = (
                  U("sem", SEM_BITS, "semaphore index"),
                  U("amount", 16, "increment"),
                  F("remote", "signal the peer's semaphore over the link"))
-                + address("peer", "the peer's MMIO base", space=Space.LINK),
+                + address("peer", "the peer's MMIO base", space=Space.LINK, optional=True),
                 engines=ANY_ENGINE),
 )
 

@@ -1,0 +1,196 @@
+"""The ``npusim`` command line: disassemble and run streams, the flagship simulation, benchmarks.
+
+Benchmark convention: ``npusim bench NAME`` prints a readable table and, as its last line, one
+JSON object of its figures; ``make bench`` runs them all and records the JSON under
+``bench/results/``.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+
+__all__ = ["main"]
+
+
+def _int(text):
+    return int(text, 0)
+
+
+def _parse_image(text):
+    """``DEV:SPACE:ADDR=FILE`` -> (dev, space, addr, path); DEV defaults to 0."""
+    spec, _, path = text.partition("=")
+    parts = spec.split(":")
+    if not path or len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"expected [DEV:]SPACE:ADDR=FILE, got {text!r}")
+    dev = int(parts[0]) if len(parts) == 3 else 0
+    space, addr = parts[-2].lower(), _int(parts[-1])
+    if space not in ("dram", "sram"):
+        raise argparse.ArgumentTypeError(f"space must be dram or sram, got {space!r}")
+    return dev, space, addr, path
+
+
+def _parse_dump(text):
+    """``DEV:SPACE:ADDR:LEN=FILE``."""
+    spec, _, path = text.partition("=")
+    parts = spec.split(":")
+    if not path or len(parts) not in (3, 4):
+        raise argparse.ArgumentTypeError(f"expected [DEV:]SPACE:ADDR:LEN=FILE, got {text!r}")
+    dev = int(parts[0]) if len(parts) == 4 else 0
+    return dev, parts[-3].lower(), _int(parts[-2]), _int(parts[-1]), path
+
+
+def _parse_reg(text):
+    """``[DEV:]R=VALUE``."""
+    spec, _, value = text.partition("=")
+    parts = spec.split(":")
+    if not value or len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected [DEV:]REG=VALUE, got {text!r}")
+    dev = int(parts[0]) if len(parts) == 2 else 0
+    return dev, int(parts[-1].lstrip("rR")), _int(value)
+
+
+def cmd_disasm(args):
+    from .sw.isa import IsaError, disassemble
+    try:
+        sys.stdout.write(disassemble(Path(args.stream).read_bytes(), check_crc=not args.no_crc))
+    except IsaError as e:
+        print(f"npusim disasm: {args.stream}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def format_report(report):
+    """The functional model's per-device, per-engine summary as a text table."""
+    lines = [f"{'dev':>3} {'engine':<8} {'cmds':>6} {'busy':>10} {'wait':>10} {'util':>6} "
+             f"{'bytes':>10} {'MACs':>10}"]
+    for d in report:
+        for name, e in d["engines"].items():
+            lines.append(f"{d['device']:>3} {name:<8} {e['commands']:>6} {e['busy_cycles']:>10} "
+                         f"{e['wait_cycles']:>10} {e['utilisation']:>6.1%} {e['bytes']:>10} "
+                         f"{e['macs']:>10}")
+        lines.append(f"{d['device']:>3} {'total':<8} cycles={d['cycles']} state={d['state']} "
+                     f"error={d['error']} MAC utilisation="
+                     f"{d['engines']['COMPUTE']['mac_utilisation']:.1%}")
+    return "\n".join(lines)
+
+
+def cmd_run(args):
+    import numpy as np
+    from .sw.fm import DeviceError, System
+    from .sw.isa import IsaError, decode_stream
+    data = Path(args.stream).read_bytes()
+    try:
+        decode_stream(data)  # the host checks the whole stream (CRC included) before launch
+    except IsaError as e:
+        print(f"npusim run: {args.stream}: {e}", file=sys.stderr)
+        return 2
+    n = max([args.devices] + [i[0] + 1 for i in args.load] + [d[0] + 1 for d in args.dump])
+    system = System(n)
+    for dev, space, addr, path in args.load:
+        mem = system.devices[dev].dram if space == "dram" else system.devices[dev].sram
+        mem.write(addr, np.fromfile(path, np.uint8))
+    regs = {}
+    for dev, r, value in args.reg:
+        regs.setdefault(dev, {})[r] = value
+    for dev in range(args.devices):
+        system.launch(dev, data, args.at, regs.get(dev))
+    cycles = system.run(args.max_cycles)
+    report = system.report()
+    for dev, space, addr, length, path in args.dump:
+        mem = system.devices[dev].dram if space == "dram" else system.devices[dev].sram
+        mem.read(addr, length).tofile(path)
+    print(format_report(report))
+    print(f"simulated {cycles} cycles")
+    if args.json:
+        print(json.dumps({"cycles": cycles, "devices": report}))
+    try:
+        system.check()
+    except DeviceError as e:
+        print(f"npusim run: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_example(args):
+    from .sw.examples import EXAMPLES
+    ex = EXAMPLES[args.name]()
+    Path(args.output).write_bytes(ex.stream_bytes(args.device))
+    print(f"wrote {args.output}: {ex.description} (device {args.device})")
+    return 0
+
+
+def cmd_sim(args):
+    from .sim import run_flagship
+    return run_flagship(devices=args.devices)
+
+
+def cmd_bench(args):
+    from .benchmarks import run_benchmarks
+    return run_benchmarks(args.name, record=args.record)
+
+
+def cmd_docs(args):
+    from .sw.isa import docgen
+    if args.write:
+        print(f"wrote {docgen.write()}")
+        return 0
+    stale = Path(docgen.DOC_PATH).read_text() != docgen.render()
+    print(f"{docgen.DOC_PATH}: {'stale (run make docs)' if stale else 'current'}")
+    return 1 if stale else 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="npusim", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"npusim {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("disasm", help="print a readable listing of a command stream")
+    s.add_argument("stream", help="stream file (header + commands)")
+    s.add_argument("--no-crc", action="store_true", help="do not check the CRC-32")
+    s.set_defaults(func=cmd_disasm)
+
+    s = sub.add_parser("run", help="run a stream on the functional model")
+    s.add_argument("stream", help="stream file (header + commands)")
+    s.add_argument("--devices", type=int, default=1, help="devices that run the stream")
+    s.add_argument("--at", type=_int, default=0x10_0000, help="DRAM address the stream is loaded at")
+    s.add_argument("--load", type=_parse_image, action="append", default=[],
+                   metavar="[DEV:]SPACE:ADDR=FILE", help="load a memory image before the run")
+    s.add_argument("--dump", type=_parse_dump, action="append", default=[],
+                   metavar="[DEV:]SPACE:ADDR:LEN=FILE", help="save memory after the run")
+    s.add_argument("--reg", type=_parse_reg, action="append", default=[],
+                   metavar="[DEV:]REG=VALUE", help="set a run-time register before the launch")
+    s.add_argument("--max-cycles", type=int, default=None, help="stop after this many cycles")
+    s.add_argument("--json", action="store_true", help="also print the report as JSON")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("example", help="write one of the example streams")
+    s.add_argument("name", choices=["gemm", "tp-linear"])
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--device", type=int, default=0, help="whose stream (tp-linear)")
+    s.set_defaults(func=cmd_example)
+
+    s = sub.add_parser("sim", help="the flagship simulation")
+    s.add_argument("--devices", type=int, default=2)
+    s.set_defaults(func=cmd_sim)
+
+    s = sub.add_parser("bench", help="run a benchmark (or all) and print its figures")
+    s.add_argument("name", help="benchmark name, or 'all'")
+    s.add_argument("--record", metavar="DIR", help="also write the JSON figures under DIR")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("docs", help="check or regenerate the generated reference pages")
+    s.add_argument("--write", action="store_true", help="regenerate instead of checking")
+    s.set_defaults(func=cmd_docs)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The functional model of a whole system: host memory, N devices and the bus between them.
+
+Bus addresses (what a ``LINK``-space DMA address means) follow the BAR windows the host assigns,
+as a root complex would: host memory at 0, each device's MMIO registers (BAR0) and DRAM (BAR2)
+in windows of their own, and an MSI doorbell page. A posted write (remote semaphore signal, MSI)
+arrives ``link_latency`` cycles after it leaves, in order per source.
+"""
+
+from dataclasses import dataclass
+
+from ..isa import COMMAND_BYTES, Command, Space
+from ..isa.enums import Engine, ErrorCode
+from .. import regmap
+from ..params import DEFAULT
+from .device import Device
+from .fault import DeviceFault
+from .kernel import Kernel
+from .memory import SparseMemory
+
+__all__ = ["System", "BusMap", "DeviceError", "RING_BYTES"]
+
+#: Size of the command ring the host sets up in each device's DRAM (at its top).
+RING_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class BusMap:
+    """Where the host put everything on the bus."""
+    host_bytes: int = 256 * 1024 * 1024
+    msi_base: int = 0xFEE0_0000
+    mmio_base: int = 0x10_0000_0000
+    dram_base: int = 0x20_0000_0000
+    device_stride: int = 0x1_0000_0000
+
+    def mmio(self, d):
+        return self.mmio_base + d * self.device_stride
+
+    def dram(self, d):
+        return self.dram_base + d * self.device_stride
+
+    def completion(self, d):
+        """Host-memory address of device ``d``'s completion record."""
+        return self.host_bytes - 4096 + 16 * d
+
+
+class DeviceError(RuntimeError):
+    """A device stopped on a fault: ``code`` (ErrorCode), ``offset`` (DRAM address of the
+    faulting command) and ``device`` (its index)."""
+
+    def __init__(self, device, code, offset, message):
+        self.device, self.code, self.offset = device, ErrorCode(code), offset
+        super().__init__(f"device {device}: {self.code.name} at command {offset:#x}: {message}")
+
+
+class System:
+    """``n_devices`` devices with ``params`` behind one switch, and the host.
+
+    Every device gets a command ring at the top of its DRAM, its MSI address, and DMA windows
+    for host memory and for the other devices' BARs (window 0 keeps all of its own DRAM).
+    """
+
+    def __init__(self, n_devices=1, params=DEFAULT, bus=BusMap()):
+        self.params, self.bus = params, bus
+        self.kernel = Kernel()
+        self.host = SparseMemory(bus.host_bytes)
+        self.interrupts = []  #: (cycle, device, vector) in arrival order
+        self.devices = [Device(self, i, params) for i in range(n_devices)]
+        self._seq = 0
+        rw = regmap.WINDOW_READ | regmap.WINDOW_WRITE | regmap.WINDOW_LINK
+        for d in self.devices:
+            d.mmio_write(regmap.OFFSET["RING_BASE"], params.dram_bytes - RING_BYTES)
+            d.mmio_write(regmap.OFFSET["RING_SIZE"], RING_BYTES)
+            d.mmio_write(regmap.OFFSET["MSI_ADDR"], bus.msi_base)
+            self.grant(d.index, 1, 0, bus.host_bytes, rw)
+            self.grant(d.index, 2, bus.mmio_base, n_devices * bus.device_stride, rw)
+            self.grant(d.index, 3, bus.dram_base, n_devices * bus.device_stride, rw)
+
+    def grant(self, device, window, base, size, flags):
+        """Program DMA window ``window`` of ``device`` over MMIO."""
+        off = regmap.WINDOW + regmap.WINDOW_STRIDE * window
+        dev = self.devices[device]
+        for i, v in enumerate((base, size, flags)):
+            dev.mmio_write(off + 8 * i, v)
+
+    # -- the bus ---------------------------------------------------------------------------------
+
+    def _decode(self, addr, n):
+        """(kind, device index or None, local address) of a bus range, or None."""
+        b = self.bus
+        if addr + n <= b.host_bytes:
+            return "host", None, addr
+        if b.msi_base <= addr and addr + n <= b.msi_base + 4096:
+            return "msi", None, addr - b.msi_base
+        for base, kind in ((b.mmio_base, "mmio"), (b.dram_base, "dram")):
+            d, local = divmod(addr - base, b.device_stride)
+            if addr >= base and 0 <= d < len(self.devices):
+                size = regmap.MMIO_BYTES if kind == "mmio" else self.params.dram_bytes
+                if local + n <= size:
+                    return kind, d, local
+        return None
+
+    def link_up_at(self, addr):
+        hit = self._decode(addr, 1)
+        return hit is None or hit[1] is None or self.devices[hit[1]].link_up
+
+    def bus_target(self, requester, addr, n):
+        """Memory object and local address of a DMA's link-space range."""
+        hit = self._decode(addr, n)
+        if not requester.link_up or (hit and hit[1] is not None and not self.devices[hit[1]].link_up):
+            raise DeviceFault(ErrorCode.LINK_TIMEOUT, f"link down on the way to {addr:#x}")
+        if hit is None or hit[0] not in ("host", "dram"):
+            raise DeviceFault(ErrorCode.LINK_UNSUPPORTED,
+                              f"no memory at bus [{addr:#x}, {addr + n:#x})")
+        kind, d, local = hit
+        return (self.host if kind == "host" else self.devices[d].dram), local
+
+    def post_write(self, requester, addr, data):
+        """A posted write (remote semaphore increment, MSI) arriving after the link latency."""
+        hit = self._decode(addr, len(data))
+        if not requester.link_up or (hit and hit[1] is not None and not self.devices[hit[1]].link_up):
+            raise DeviceFault(ErrorCode.LINK_TIMEOUT, f"link down on the way to {addr:#x}")
+        if hit is None:
+            raise DeviceFault(ErrorCode.LINK_UNSUPPORTED, f"no target at bus address {addr:#x}")
+        kind, d, local = hit
+        value = int.from_bytes(data, "little")
+
+        def deliver():
+            if kind == "msi":
+                self.interrupts.append((self.kernel.now, requester.index, value))
+            elif kind == "mmio":
+                self.devices[d].mmio_write(local, value)
+            else:
+                (self.host if kind == "host" else self.devices[d].dram).write(local, data)
+        self.kernel.call_at(self.kernel.now + self.params.link_latency, deliver)
+
+    # -- host-side helpers -----------------------------------------------------------------------
+
+    def submit(self, device, commands):
+        """Write raw commands into a device's ring and ring its doorbell."""
+        dev = self.devices[device]
+        raw = b"".join(c.encode() for c in commands)
+        used = (dev.tail - dev.head) % dev.ring_size
+        if used + len(raw) >= dev.ring_size:
+            raise RuntimeError(f"device {device}: command ring full")
+        pos = dev.tail
+        for i in range(0, len(raw), COMMAND_BYTES):
+            dev.dram.write(dev.ring_base + pos, raw[i:i + COMMAND_BYTES])
+            pos = (pos + COMMAND_BYTES) % dev.ring_size
+        dev.mmio_write(regmap.OFFSET["RING_TAIL"], pos)
+
+    def launch(self, device, stream, addr, regs=None):
+        """Load ``stream`` (bytes with header) at DRAM ``addr``, set run-time registers, and
+        submit ``CALL`` + ``COMPLETE`` (record to host memory, MSI vector = device index).
+        Returns the completion sequence number."""
+        if not 0 <= addr < 1 << 31:
+            raise ValueError(f"stream address {addr:#x} must be below 2 GiB")
+        dev = self.devices[device]
+        dev.dram.write(addr, stream)
+        for i, v in (regs or {}).items():
+            dev.mmio_write(regmap.RUNTIME_REG + 8 * i, v)
+        self._seq += 1
+        self.submit(device, [
+            Command("CALL", addr_off=addr),
+            Command("COMPLETE", dst_space=Space.LINK, dst_off=self.bus.completion(device),
+                    seq=self._seq, irq=True, vector=device),
+        ])
+        return self._seq
+
+    def run(self, max_cycles=None):
+        """Simulate until nothing is left to do (or ``max_cycles``); returns the cycle count."""
+        return self.kernel.run(max_cycles)
+
+    def check(self):
+        """Raise :class:`DeviceError` for the first device that stopped on a fault."""
+        for d in self.devices:
+            if d.error_code != ErrorCode.OK:
+                raise DeviceError(d.index, d.error_code, d.error_offset, d.error_message)
+
+    def report(self):
+        """Per device: cycles and, per engine, commands, busy/wait cycles, bytes, MACs and
+        utilisation (busy cycles / device cycles; MAC utilisation for COMPUTE)."""
+        out = []
+        for d in self.devices:
+            cycles = max(d.last_activity, 1)
+            engines = {}
+            for e, st in d.stats.items():
+                engines[e.name] = {
+                    "commands": st.commands, "busy_cycles": st.busy_cycles,
+                    "wait_cycles": st.wait_cycles, "bytes": st.bytes, "macs": st.macs,
+                    "utilisation": st.busy_cycles / cycles,
+                }
+            engines["COMPUTE"]["mac_utilisation"] = \
+                d.stats[Engine.COMPUTE].macs / (cycles * self.params.macs_per_cycle)
+            out.append({"device": d.index, "cycles": d.last_activity, "state": d.state.name,
+                        "error": d.error_code.name, "engines": engines})
+        return out

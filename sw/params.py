@@ -1,0 +1,65 @@
+"""Hardware parameters: the one place every size, width, bandwidth and latency is set.
+
+The RTL generators (``npusim.hw``), the functional model's timing model and the compiler all
+read a :class:`HwParams`; defaults favour simulation speed (design brief section 6).
+"""
+
+from dataclasses import asdict, dataclass, replace
+
+__all__ = ["HwParams", "DEFAULT"]
+
+
+@dataclass(frozen=True)
+class HwParams:
+    """Parameters of one device and of the link between devices.
+
+    All times are in device clock cycles, all bandwidths in bytes per cycle.
+    """
+
+    # NE tile
+    array_rows: int = 8            #: R: rows of the systolic matrix unit
+    array_cols: int = 8            #: C: columns of the systolic matrix unit
+    vector_lanes: int = 8          #: fp32 lanes of the vector unit
+    sram_bytes: int = 256 * 1024   #: scratchpad size
+    sram_banks: int = 8            #: scratchpad banks
+    matmul_tile_overhead: int = 16  #: cycles per R x C output tile besides K (fill and drain)
+    vector_overhead: int = 8       #: pipeline latency of a vector command
+    # memory
+    dram_bytes: int = 64 * 1024 * 1024  #: device DRAM size
+    dram_bytes_per_cycle: int = 32      #: DRAM port bandwidth (one 256-bit beat per cycle)
+    dram_latency: int = 40              #: cycles from a read request to its first beat
+    sram_bytes_per_cycle: int = 32      #: scratchpad DMA-port bandwidth
+    dma_setup: int = 4                  #: cycles to start a DMA descriptor
+    dma_row_overhead: int = 1           #: cycles per contiguous row of a strided DMA
+    dma_align: int = 4                  #: addresses, lengths and strides of DMAs: multiples of this
+    # command processor
+    cp_dispatch: int = 2           #: cycles to fetch, decode and dispatch one command
+    engine_queue_depth: int = 16   #: commands an engine queue holds
+    watchdog_cycles: int = 1_000_000  #: a wait longer than this is SEM_TIMEOUT
+    # link (PCIe-like; Gen5 x16 = 16 lanes at ~4 B/cycle per lane at 1 GHz)
+    link_lanes: int = 16
+    link_bytes_per_lane: int = 4       #: bytes per lane per cycle
+    link_latency: int = 150            #: one-way latency through the switch
+    link_max_payload: int = 256        #: max TLP payload (bytes)
+    link_max_read_request: int = 512   #: max read request (bytes)
+    link_tlp_overhead: int = 24        #: framing + header + LCRC bytes per TLP
+    link_completion_timeout: int = 50_000  #: a read with no completion by then is LINK_TIMEOUT
+    clock_hz: float = 1.0e9
+
+    @property
+    def link_bytes_per_cycle(self):
+        """Raw lane bandwidth of one link direction."""
+        return self.link_lanes * self.link_bytes_per_lane
+
+    @property
+    def macs_per_cycle(self):
+        return self.array_rows * self.array_cols
+
+    def replace(self, **changes):
+        return replace(self, **changes)
+
+    def as_dict(self):
+        return asdict(self)
+
+
+DEFAULT = HwParams()
