@@ -1,0 +1,108 @@
+"""The ``npusim`` command line, run as a user would (console script in the venv)."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npusim import __version__
+from npusim.sw import numerics as nx
+from npusim.sw.isa import Command, Engine, Space, VectorOp, encode_stream
+
+NPUSIM = [sys.executable, "-m", "npusim.cli"]
+
+
+def npusim(*args, check=True):
+    proc = subprocess.run(NPUSIM + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"npusim {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_version_and_help():
+    assert npusim("--version").stdout.strip() == f"npusim {__version__}"
+    out = npusim("--help").stdout
+    for command in ("disasm", "run", "sim", "bench", "example", "docs"):
+        assert command in out
+
+
+def test_example_and_disasm(tmp_path):
+    path = tmp_path / "gemm.npus"
+    npusim("example", "gemm", "-o", path)
+    out = npusim("disasm", path).stdout
+    assert out.startswith("; npusim stream, ISA 1.0, 7 commands")
+    assert "MATMUL      a=0 lda=64 b=0x10000 ldb=32 c=0x20000 ldc=32 c_dtype=FP32 m=32 n=32 k=64" in out
+
+
+def test_disasm_rejects_a_corrupt_stream(tmp_path):
+    path = tmp_path / "bad.npus"
+    path.write_bytes(b"NOPE" + bytes(60))
+    proc = npusim("disasm", path, check=False)
+    assert proc.returncode == 2 and "BAD_MAGIC" in proc.stderr
+
+
+def test_run_loads_computes_and_dumps(tmp_path):
+    x = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    (tmp_path / "x.bin").write_bytes(x.tobytes())
+    stream = encode_stream([
+        Command("DMA_COPY", engine=Engine.DMA_IN, src_reg=2, dst_space=Space.SRAM, len=256,
+                n1=1, n2=1),
+        Command("FENCE"),
+        Command("VECTOR", op=VectorOp.EXP, dst=0x400, ldd=64, a=0, lda=64, rows=1, cols=64),
+        Command("FENCE"),
+        Command("DMA_COPY", engine=Engine.DMA_OUT, src_space=Space.SRAM, src_off=0x400,
+                dst_off=0x8000, len=256, n1=1, n2=1),
+    ])
+    (tmp_path / "s.npus").write_bytes(stream)
+    out = npusim("run", tmp_path / "s.npus", "--load", f"dram:0x2000={tmp_path / 'x.bin'}",
+                 "--reg", "r2=0x2000", "--dump", f"dram:0x8000:256={tmp_path / 'y.bin'}",
+                 "--json").stdout
+    y = np.fromfile(tmp_path / "y.bin", np.uint32)
+    assert np.array_equal(y, nx.vector_op(VectorOp.EXP, x.view(np.uint32)))
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["devices"][0]["engines"]["COMPUTE"]["commands"] == 1
+    assert "simulated" in out
+
+
+def test_run_reports_a_device_fault(tmp_path):
+    stream = encode_stream([Command("DMA_COPY", engine=Engine.DMA_IN, src_off=2,
+                                    dst_space=Space.SRAM, len=4, n1=1, n2=1)])
+    (tmp_path / "s.npus").write_bytes(stream)
+    proc = npusim("run", tmp_path / "s.npus", check=False)
+    assert proc.returncode == 1 and "ALIGNMENT" in proc.stderr
+
+
+def test_sim_runs_the_functional_path():
+    out = npusim("sim").stdout
+    assert "functional model" in out and "all checks passed" in out
+
+
+def test_docs_are_current():
+    assert "current" in npusim("docs").stdout
+
+
+@pytest.mark.parametrize("package", ["sw", "firmware"])
+def test_layering_sw_and_firmware_never_import_hw(package):
+    root = Path(__file__).resolve().parents[1] / package
+    for path in root.rglob("*.py"):
+        parts = ["npusim", package, *path.relative_to(root).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                pkg = parts if path.name == "__init__.py" else parts[:-1]
+                base = pkg[:len(pkg) - node.level + 1] if node.level else []
+                names = [".".join(base + [node.module] if node.module else base)]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(("npusim.hw", "npusim.cosim", "amaranth", "cocotb")), \
+                    f"{path} imports {name}"
