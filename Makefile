@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.npusim-installed
 JOBS    ?= 2
 PYTEST  := $(PY) -m pytest -p no:cacheprovider
-APT_PKGS := liblz4-dev
+APT_PKGS := liblz4-dev g++ perl
 
 .DEFAULT_GOAL := help
 .PHONY: help install sysdeps test test-slow test-all sim bench docs clean
