@@ -1,0 +1,1 @@
+"""The Neural Engine (NE) tile: systolic matrix unit, vector unit, scratchpad."""
