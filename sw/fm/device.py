@@ -253,14 +253,25 @@ class Device:
                 self.fault(f.code, addr, str(f))
 
     def _resolve(self, cmd):
-        """Field values with every ``*_reg`` operand folded in: ``R[reg] + imm`` mod 2**64."""
-        out = {}
+        """Field values with every ``*_reg`` operand folded in: ``R[reg] + imm``.
+
+        An address is taken mod 2**64. Any other operand (a length, count or position) must fit
+        its immediate field, as the engines carry resolved values at that width: BAD_SHAPE
+        otherwise."""
+        out = dict(cmd.fields)
         for f in cmd.spec.fields:
-            out[f.name] = cmd.fields[f.name]
-        for f in cmd.spec.fields:
-            if f.kind == "reg" and f.group is not None:
-                imm_name = f.group if f.group in out else f"{f.group}_off"
-                out[f.group] = (self.regs[out[f.name]] + out[imm_name]) & MASK64
+            if f.kind != "reg" or f.group is None:
+                continue
+            if f.group in cmd.fields:  # register + immediate operand
+                value = self.regs[out[f.name]] + out[f.group]
+                width = cmd.spec.field(f.group).width
+                if value >> width:
+                    raise DeviceFault(ErrorCode.BAD_SHAPE,
+                                      f"{cmd.name}.{f.group} = {value} (r{out[f.name]} + "
+                                      f"{out[f.group]}) does not fit {width} bits")
+                out[f.group] = value
+            else:  # address operand
+                out[f.group] = (self.regs[out[f.name]] + out[f"{f.group}_off"]) & MASK64
         return out
 
     def _control(self, cmd, index):

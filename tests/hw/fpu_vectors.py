@@ -213,6 +213,98 @@ def fp32_add_alignment_sweep(rng, per_distance):
     return a, b
 
 
+# -- fp32 x fp32 -> fp32 ----------------------------------------------------------------------
+
+#: Positive fp32 values worth multiplying, besides :data:`FP32_SPECIALS`; negatives added below.
+FP32_MUL_SPECIALS = [
+    0x1A00_0000, 0x1A40_0000,               # 2**-75, 1.5 * 2**-75: squares tie at 2**-150 and above
+    0x1A80_0000, 0x19FF_FFFF,               # around them
+    0x1F80_0000, 0x2000_0000,               # 2**-64, 2**-63: squares at the bottom of the normals
+    0x2C00_0000,                            # 2**-39: times the smallest normals, deep underflow
+    0x3FB5_04F3, 0x3FB5_04F4,               # around sqrt(2): squares near 2, rounding both ways
+    0x4B00_0000,                            # 2**23: turns the smallest subnormal into 1.0
+    0x5F80_0000, 0x5F7F_FFFF,               # 2**64 and below: squares at the top of the range
+    0x3F7F_FFFF,                            # 1 - 2**-24: times the largest finite, no overflow
+]
+
+
+def fp32_mul_edge_cases():
+    """Every pair of :data:`FP32_SPECIALS` + :data:`FP32_MUL_SPECIALS` and their negatives
+    (about 9,200 pairs).
+
+    Covers signed zeros and infinities, inf * 0, NaNs, subnormal x subnormal (underflow to
+    zero), subnormal x large (exact normal results), squares that tie in the subnormal range,
+    overflow, also by rounding, and products that round to the smallest normal.
+    """
+    positives = FP32_SPECIALS + FP32_MUL_SPECIALS
+    values = np.array(positives + [v | 0x8000_0000 for v in positives], dtype=np.uint32)
+    a, b = np.meshgrid(values, values, indexing="ij")
+    return a.ravel(), b.ravel()
+
+
+def fp32_mul_random(rng, n):
+    """Random fp32 pairs, biased toward the exponent ranges where a product rounds specially.
+
+    A tenth are uniform bit patterns; the rest pick the exponent *sum* first: around 127 (the
+    product crosses the subnormal range: underflow, ties at 2**-150, rounding up to the
+    smallest normal), around 381 (overflow, also by rounding) or in the normal middle; some
+    operands are subnormal with the other large; a few are then replaced by zeros,
+    infinities and NaNs.
+    """
+    kind = rng.choice(4, n, p=[0.1, 0.4, 0.15, 0.35])
+    exponent_sum = np.select(
+        [kind == 1, kind == 2, kind == 3],
+        [rng.integers(95, 132, n), rng.integers(374, 386, n), rng.integers(140, 370, n)],
+        default=0,
+    )
+    ea, eb = _split_exponent_sum(rng, exponent_sum, 254)
+    # A subnormal operand (exponent field 0) now and then: its partner scales it back up.
+    subnormal = rng.random(n) < 0.1
+    ea = np.where(subnormal, 0, ea)
+    eb = np.where(subnormal, rng.integers(100, 255, n), eb)
+    a = _fp32(rng.integers(0, 2, n), ea, _mantissas(rng, n, 23))
+    b = _fp32(rng.integers(0, 2, n), eb, _mantissas(rng, n, 23))
+
+    uniform = kind == 0
+    a = np.where(uniform, rng.integers(0, 1 << 32, n, dtype=np.uint64), a).astype(np.uint32)
+    b = np.where(uniform, rng.integers(0, 1 << 32, n, dtype=np.uint64), b).astype(np.uint32)
+
+    specials = np.array([0x0000_0000, 0x8000_0000, 0x7F80_0000, 0xFF80_0000, 0x7FC0_0000,
+                         0x7F80_0001, 0xFFFF_FFFF, 0x0000_0001], np.uint32)
+    a = np.where(rng.random(n) < 0.02, rng.choice(specials, n), a).astype(np.uint32)
+    b = np.where(rng.random(n) < 0.02, rng.choice(specials, n), b).astype(np.uint32)
+    swap = rng.random(n) < 0.5
+    return np.where(swap, b, a), np.where(swap, a, b)
+
+
+def fp32_mul_underflow_sweep(rng, per_exponent):
+    """``per_exponent`` random pairs for each product exponent from 2**-155 to 2**-124.
+
+    Half the pairs are two normal operands, half a subnormal operand (its leading one at a
+    random position) times a normal one. Their products run from below half the smallest
+    subnormal, through every right shift of the subnormal rounding path, to the smallest
+    normals.
+    """
+    target = np.repeat(np.arange(-155, -123), per_exponent)  # unbiased exponent of a * b
+    n = len(target)
+    # Two normal operands: biased exponents summing to target + 254.
+    ea, eb = _split_exponent_sum(rng, target + 254, 254)
+    ea, eb = np.maximum(ea, 1), np.maximum(eb, 1)
+    ma = _mantissas(rng, n, 23)
+    mb = _mantissas(rng, n, 23)
+    # A subnormal operand with its leading one at bit k is about 2**(k - 149).
+    k = rng.integers(0, 23, n)
+    low = rng.integers(0, 1 << 23, n, dtype=np.uint64) & ((np.uint64(1) << k.astype(np.uint64)) - 1)
+    sub_mantissa = (np.uint64(1) << k.astype(np.uint64)) | low
+    sub_eb = np.clip(target - (k - 149) + 127, 1, 254)
+    with_subnormal = rng.random(n) < 0.5
+    ea = np.where(with_subnormal, 0, ea)
+    ma = np.where(with_subnormal, sub_mantissa, ma)
+    eb = np.where(with_subnormal, sub_eb, eb)
+    sign = rng.integers(0, 2, (2, n))
+    return _fp32(sign[0], ea, ma), _fp32(sign[1], eb, mb)
+
+
 # -- The operations under test ----------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -240,6 +332,8 @@ OPS = {
                    lambda rng: bf16_mul_underflow_sweep(rng, 2048)),
     "fp32_add": Op("fp32_add", 32, "fp32_add", fp32_add_edge_cases, fp32_add_random,
                    lambda rng: fp32_add_alignment_sweep(rng, 1024)),
+    "fp32_mul": Op("fp32_mul", 32, "fp32_mul", fp32_mul_edge_cases, fp32_mul_random,
+                   lambda rng: fp32_mul_underflow_sweep(rng, 512)),
 }
 
 

@@ -460,6 +460,12 @@ def test_block_table_outside_pool_writes_nothing():
     assert (s.devices[0].sram.read(0, 256) == 0x77).all()
 
 
+def test_register_operand_must_fit_its_field():
+    """R[reg] + imm for a count is carried at the immediate's width: too large is BAD_SHAPE."""
+    faulting_run([Command("MATMUL", a=0, lda=8, b=0x100, ldb=8, c=0x200, ldc=8, m=8, n=8,
+                          k_reg=3, k=1)], ErrorCode.BAD_SHAPE, regs={0: {3: 0xFFFF}})
+
+
 def test_bad_shape_and_overlap():
     faulting_run([Command("DMA_RING", engine=Engine.DMA_IN, ring_rows=0, n=1, row_bytes=4)],
                  ErrorCode.BAD_SHAPE)
