@@ -12,9 +12,11 @@ import types
 from amaranth.hdl import signed
 from amaranth.lib import data, enum
 
+from ..sw.isa.enums import CommandClass
 from ..sw.isa.table import BY_NAME, COMMAND_BITS, COMMANDS, OPCODE_BITS
 
-__all__ = ["amaranth_enum", "command_layout", "Command", "Opcode"]
+__all__ = ["amaranth_enum", "command_layout", "resolved_layout", "Command", "Opcode",
+           "ComputeCommand", "COMPUTE_COMMANDS"]
 
 
 @functools.cache
@@ -50,3 +52,31 @@ def command_layout(name):
 
 #: A fetched command seen as every opcode's layout at once.
 Command = data.UnionLayout({c.name.lower(): command_layout(c.name) for c in COMMANDS})
+
+
+@functools.cache
+def resolved_layout(name):
+    """Command ``name`` as an engine receives it from the command processor: every run-time
+    operand ``R[x_reg] + x`` already resolved into ``x`` (so no ``*_reg`` fields); a resolved
+    count keeps its immediate's width (the command processor faults BAD_SHAPE when it does not
+    fit), a resolved address is 64 bits."""
+    spec = BY_NAME[name]
+    members = {}
+    for f in spec.fields:
+        if f.kind == "reg" and f.group is not None:
+            continue
+        if f.group is not None and f.name == f"{f.group}_off":  # address operand: R + off
+            members[f.group] = 64
+            continue
+        members[f.name] = _shape(f)
+    return data.StructLayout(members)
+
+
+#: The compute commands the NE tile executes, in opcode order.
+COMPUTE_COMMANDS = tuple(c.name for c in COMMANDS if c.cls == CommandClass.COMPUTE)
+
+#: A resolved compute command: its opcode and its fields, one union member per command.
+ComputeCommand = data.StructLayout({
+    "opcode": Opcode,
+    "args": data.UnionLayout({n.lower(): resolved_layout(n) for n in COMPUTE_COMMANDS}),
+})
