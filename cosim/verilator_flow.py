@@ -346,6 +346,15 @@ class _Plan:
     directory: Path
 
 
+_SRC_ATTRIBUTE = re.compile(r'^\s*attribute \\src "[^"\n]*"\n', re.MULTILINE)
+
+
+def _without_src(rtlil_text: str) -> str:
+    """RTLIL without its ``src`` attributes (Python file:line of each cell and wire): moving
+    code in a source file changes them but not the design, so they stay out of the key."""
+    return _SRC_ATTRIBUTE.sub("", rtlil_text)
+
+
 def _plan(component: wiring.Component, name: str, *, waves: bool | None, timing: bool,
           opt_fast: str | None, build_args: Sequence[str]) -> _Plan:
     if not _NAME_RE.fullmatch(name):
@@ -371,7 +380,7 @@ def _plan(component: wiring.Component, name: str, *, waves: bool | None, timing:
         "cocotb_libs": str(cocotb_tools.config.libs_dir),
     }
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
-    for text in (WAIVERS.read_text(), ports_vlt, rtlil_text):
+    for text in (WAIVERS.read_text(), ports_vlt, _without_src(rtlil_text)):
         digest.update(b"\0" + text.encode())
     key = digest.hexdigest()[:16]
     return _Plan(name=name, rtlil=rtlil_text, ports_vlt=ports_vlt, recipe=recipe, key=key,

@@ -12,6 +12,8 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..refuse import refuse
+
 __all__ = ["ScratchpadPort", "Scratchpad"]
 
 
@@ -77,8 +79,7 @@ class Scratchpad(wiring.Component):
         if problem is None and size_bytes < banks * word_bytes:
             problem = f"{size_bytes} bytes cannot hold {banks} banks of {word_bytes}-byte words"
         if problem:
-            self._MustUse__silence = True  # a refused component is not an unused one
-            raise ValueError(problem)
+            refuse(self, ValueError(problem))
         self.size_bytes, self.banks, self.word_bytes = size_bytes, banks, word_bytes
         self.words = size_bytes // word_bytes
         self.bank_words = self.words // banks

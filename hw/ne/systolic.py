@@ -16,6 +16,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..fpu.bf16_mul import Bf16Multiplier
 from ..fpu.fp32_add import Fp32Adder
+from ..refuse import refuse
 
 __all__ = ["BeatControl", "ProcessingElement", "SystolicArray"]
 
@@ -211,10 +212,13 @@ class SystolicArray(wiring.Component):
 
     def __init__(self, rows=8, cols=8):
         for name, value in (("rows", rows), ("cols", cols)):
+            error = None
             if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an integer, not {value!r}")
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, not {value}")
+                error = TypeError(f"{name} must be an integer, not {value!r}")
+            elif value < 1:
+                error = ValueError(f"{name} must be at least 1, not {value}")
+            if error is not None:
+                refuse(self, error)
         self.rows = rows
         self.cols = cols
         super().__init__({

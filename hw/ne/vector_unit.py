@@ -17,6 +17,7 @@ from amaranth.lib.wiring import In, Out
 from ...firmware.microcode import INPUT_REG, NUM_REGS, PROGRAMS, RESULT_REG, Imm, Reg
 from ...sw.isa.enums import RedOp
 from ..isa import amaranth_enum
+from ..refuse import refuse
 from .vector_alu import VectorAlu, VectorOpShape
 
 __all__ = [
@@ -181,9 +182,9 @@ class VectorUnit(wiring.Component):
 
     def __init__(self, lanes=8):
         if not isinstance(lanes, int) or isinstance(lanes, bool):
-            raise TypeError(f"lanes must be an int, not {lanes!r}")
+            refuse(self, TypeError(f"lanes must be an int, not {lanes!r}"))
         if lanes < 1:
-            raise ValueError(f"lanes must be at least 1, not {lanes}")
+            refuse(self, ValueError(f"lanes must be at least 1, not {lanes}"))
         self._lanes = lanes
         self._rom = microcode_rom()
         super().__init__({

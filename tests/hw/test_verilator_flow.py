@@ -116,6 +116,32 @@ def test_design_change_changes_the_key():
     assert build_key(Accumulator(), "other_name") != build_key(Accumulator(), "accumulator")
 
 
+class MovedAccumulator(Accumulator):
+    """The same logic as :class:`Accumulator`, written at other source lines."""
+
+    def elaborate(self, platform):
+        m = Module()
+
+        with m.If(self.en):
+
+            m.d.sync += self.total.eq(self.total + self.din)
+        return m
+
+
+class SubtractingAccumulator(Accumulator):
+    def elaborate(self, platform):
+        m = Module()
+        with m.If(self.en):
+            m.d.sync += self.total.eq(self.total - self.din)
+        return m
+
+
+def test_moving_code_keeps_the_key_changing_logic_does_not():
+    key = build_key(Accumulator(), "accumulator")
+    assert build_key(MovedAccumulator(), "accumulator") == key
+    assert build_key(SubtractingAccumulator(), "accumulator") != key
+
+
 def test_waves_change_the_key(monkeypatch):
     plain = build_key(Accumulator(), "accumulator", waves=False)
     assert build_key(Accumulator(), "accumulator", waves=True) != plain
