@@ -172,3 +172,11 @@ def test_encoder_rejects_bad_values():
 def test_isa_doc_is_current():
     committed = (ROOT / docgen.DOC_PATH).read_text()
     assert committed == docgen.render(), "docs/isa.md is stale: run `make docs`"
+
+
+def test_every_error_code_is_provoked_by_some_test():
+    """Each named error must be provoked and checked by a test (the codes are data; a new one
+    without a test fails here). A test names the code it expects as ``ErrorCode.<NAME>``."""
+    text = "".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py"))
+    missing = [c.name for c in ErrorCode if c != ErrorCode.OK and f"ErrorCode.{c.name}" not in text]
+    assert not missing, f"no test provokes {', '.join(missing)}"
