@@ -1,0 +1,839 @@
+"""The NE tile top: scratchpad, systolic matrix unit, vector unit and the sequencer that runs
+compute commands on them.
+
+:class:`NeTile` takes resolved compute commands (:data:`npusim.hw.isa.ComputeCommand`),
+checks every operand exactly as the functional model does (:mod:`npusim.sw.fm.compute`:
+same checks, same order, same error codes; a faulting command writes nothing), runs it, and
+reports one ``done`` beat per command with its error code and its cycle count. MATMUL and
+REDUCE are implemented; VECTOR and MASK are answered with ``BAD_OPCODE`` for now. Theory of
+operation, ports and timing: ``docs/hw/ne_tile.md``.
+"""
+
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from ...sw.isa.enums import DType, ErrorCode
+from ...sw.params import HwParams
+from ..isa import ComputeCommand, Opcode, amaranth_enum, resolved_layout
+from ..refuse import refuse
+from .operand_stream import OperandStream
+from .scratchpad import Scratchpad, ScratchpadPort
+from .systolic import SystolicArray
+from .vector_unit import Mode, RedOpShape, VectorUnit
+
+__all__ = ["ErrorShape", "NeTile", "done_layout"]
+
+#: The Amaranth enum of :class:`~npusim.sw.isa.enums.ErrorCode` (8 bits; OK = 0).
+ErrorShape = amaranth_enum(ErrorCode)
+_DType = amaranth_enum(DType)
+
+#: Payload of :attr:`NeTile.done`.
+done_layout = data.StructLayout({"error": ErrorShape, "cycles": 32})
+
+_MATMUL = resolved_layout("MATMUL")
+
+
+def _log2(value):
+    return value.bit_length() - 1
+
+
+def _to_bf16(f):
+    """fp32 bits -> bf16 bits, round to nearest even, NaN -> 0x7FC0 (``numerics.fp32_to_bf16``).
+    Adding 0x7FFF plus the bf16 LSB rounds at bit 16; a carry moves into the exponent (the
+    largest values become infinity); only NaNs could carry out of bit 31, and they are
+    replaced."""
+    is_nan = (f[23:31] == 0xFF) & (f[:23] != 0)
+    rounded = (f + 0x7FFF + f[16])[16:32]
+    return Mux(is_nan, 0x7FC0, rounded)
+
+
+class _Walker:
+    """One position in the tile sequence of a MATMUL: an output tile ``(ti, tj)`` and, for the
+    C reader and writer, a row of that tile.
+
+    Tiles go line by line: with ``cfg.outer_b`` a line is a column of tiles (``ti`` moves
+    fastest, B's panel is the one reused), otherwise a row of tiles (``tj`` fastest, A's
+    panel reused). Each consumer of the sequence (operand issue, C reader, C writer) owns a
+    walker, so each runs ahead of the others as far as its buffers allow.
+    """
+
+    def __init__(self, m, name, tile, *, aw):
+        R, C = tile.rows, tile.cols
+        cfg = tile.cfg
+        self.rows_left = Signal(16, name=f"{name}_rows_left")   # M - i0
+        self.cols_left = Signal(16, name=f"{name}_cols_left")   # N - j0
+        self.a_base = Signal(aw, name=f"{name}_a_base")          # A[i0][0]
+        self.b_base = Signal(aw, name=f"{name}_b_base")          # B[0][j0]
+        self.c_base = Signal(aw, name=f"{name}_c_base")          # C[i0][j0]
+        self.c_line = Signal(aw, name=f"{name}_c_line")          # C of the line's first tile
+        self.line_start = Signal(name=f"{name}_line_start")      # the line's first tile
+        self.row = Signal(range(R), name=f"{name}_row")
+        self.row_addr = Signal(aw, name=f"{name}_row_addr")      # C[i0 + row][j0]
+        self.finished = Signal(name=f"{name}_finished")
+        self.rows_valid = Signal(range(R + 1), name=f"{name}_rows_valid")
+        self.cols_valid = Signal(range(C + 1), name=f"{name}_cols_valid")
+        self.last_tile = Signal(name=f"{name}_last_tile")
+        self.row_valid = Signal(name=f"{name}_row_valid")
+        self.next_tile = Signal(name=f"{name}_next_tile")
+        self.next_row = Signal(name=f"{name}_next_row")
+        m.d.comb += [
+            self.rows_valid.eq(Mux(self.rows_left > R, R, self.rows_left)),
+            self.cols_valid.eq(Mux(self.cols_left > C, C, self.cols_left)),
+            self.last_tile.eq((self.rows_left <= R) & (self.cols_left <= C)),
+            self.row_valid.eq(self.row < self.rows_valid),
+        ]
+        new_c_base = Signal(aw, name=f"{name}_new_c_base")
+        tile_step = Signal(name=f"{name}_tile_step")
+        m.d.comb += tile_step.eq(self.next_tile | (self.next_row & (self.row == R - 1)))
+        down = [self.rows_left.eq(self.rows_left - R),
+                self.a_base.eq(self.a_base + cfg.a_tile_step)]
+        right = [self.cols_left.eq(self.cols_left - C),
+                 self.b_base.eq(self.b_base + cfg.b_tile_step)]
+        with m.If(tile.start):
+            m.d.sync += [
+                self.rows_left.eq(cfg.m), self.cols_left.eq(cfg.n),
+                self.a_base.eq(cfg.a), self.b_base.eq(cfg.b),
+                self.c_base.eq(cfg.c), self.c_line.eq(cfg.c), self.row_addr.eq(cfg.c),
+                self.row.eq(0), self.finished.eq(0), self.line_start.eq(1),
+            ]
+        with m.Elif(tile_step):
+            with m.If(self.last_tile):
+                m.d.sync += self.finished.eq(1)
+            with m.If(cfg.outer_b):       # down a column of tiles, then the next column
+                with m.If(self.rows_left > R):
+                    m.d.comb += new_c_base.eq(self.c_base + cfg.c_ti_step)
+                    m.d.sync += [*down, self.line_start.eq(0)]
+                with m.Else():
+                    m.d.comb += new_c_base.eq(self.c_line + cfg.c_tj_step)
+                    m.d.sync += [*right, self.rows_left.eq(cfg.m), self.a_base.eq(cfg.a),
+                                 self.c_line.eq(new_c_base), self.line_start.eq(1)]
+            with m.Else():                # along a row of tiles, then the next row
+                with m.If(self.cols_left > C):
+                    m.d.comb += new_c_base.eq(self.c_base + cfg.c_tj_step)
+                    m.d.sync += [*right, self.line_start.eq(0)]
+                with m.Else():
+                    m.d.comb += new_c_base.eq(self.c_line + cfg.c_ti_step)
+                    m.d.sync += [*down, self.cols_left.eq(cfg.n), self.b_base.eq(cfg.b),
+                                 self.c_line.eq(new_c_base), self.line_start.eq(1)]
+            m.d.sync += [self.c_base.eq(new_c_base), self.row_addr.eq(new_c_base),
+                         self.row.eq(0)]
+        with m.Elif(self.next_row):
+            m.d.sync += [self.row.eq(self.row + 1),
+                         self.row_addr.eq(self.row_addr + cfg.c_row_stride)]
+
+
+class _Panel:
+    """A double-buffered panel: two banks of up to ``depth`` vectors. A producer writes a
+    panel's vectors in order (``write_valid``/``write_data``/``write_last``; ``write`` says
+    it is taken); the feed reads vector ``read_k`` of the oldest panel (``ready``, ``data``,
+    combinational) as soon as it is written, as often as it likes, and ``release`` frees the
+    bank. A bank is written again only once released."""
+
+    def __init__(self, m, name, width, depth, start):
+        self.write_valid = Signal(name=f"{name}_write_valid")
+        self.write_data = Signal(width, name=f"{name}_write_data")
+        self.write_last = Signal(name=f"{name}_write_last")
+        self.write = Signal(name=f"{name}_write")
+        self.read_k = Signal(range(depth), name=f"{name}_read_k")
+        self.ready = Signal(name=f"{name}_ready")
+        self.data = Signal(width, name=f"{name}_data")
+        self.release = Signal(name=f"{name}_release")
+        m.submodules[f"{name}_panel"] = mem = memory.Memory(shape=width, depth=2 * depth,
+                                                            init=[])
+        wr = mem.write_port()
+        rd = mem.read_port(domain="comb")
+        write_bank = Signal(name=f"{name}_write_bank")
+        write_k = Signal(range(depth + 1), name=f"{name}_write_k")
+        read_bank = Signal(name=f"{name}_read_bank")
+        ahead = Signal(range(3), name=f"{name}_ahead")   # complete, unreleased panels
+        m.d.comb += [
+            self.write.eq(self.write_valid & (ahead < 2)),
+            wr.addr.eq(Cat(write_k[:_log2(depth)], write_bank)),
+            wr.data.eq(self.write_data),
+            wr.en.eq(self.write),
+            rd.addr.eq(Cat(self.read_k, read_bank)),
+            self.data.eq(rd.data),
+            self.ready.eq((ahead != 0) | (self.read_k < write_k)),
+        ]
+        with m.If(start):
+            m.d.sync += [write_k.eq(0), write_bank.eq(0), read_bank.eq(0), ahead.eq(0)]
+        with m.Else():
+            with m.If(self.write):
+                with m.If(self.write_last):
+                    m.d.sync += [write_k.eq(0), write_bank.eq(~write_bank)]
+                with m.Else():
+                    m.d.sync += write_k.eq(write_k + 1)
+            with m.If(self.release):
+                m.d.sync += read_bank.eq(~read_bank)
+            m.d.sync += ahead.eq(ahead + (self.write & self.write_last) - self.release)
+
+
+class NeTile(wiring.Component):
+    """The Neural Engine tile: a banked scratchpad, an ``R x C`` systolic matrix unit, a
+    ``C``-lane vector unit and the command sequencer between them.
+
+    Commands arrive resolved (register operands already added by the command processor) on
+    :attr:`cmd`, one at a time. Each is checked first, exactly as
+    :mod:`npusim.sw.fm.compute` checks it (the same checks in the same order, the same error
+    code for the same input); a faulting command writes nothing to SRAM. Each command, good
+    or bad, ends with one beat on :attr:`done`; the next command is accepted after that beat
+    is taken.
+
+    Implemented: MATMUL and REDUCE, every option (see ``docs/hw/ne_tile.md``). VECTOR and MASK
+    are answered with ``BAD_OPCODE`` (not implemented yet).
+
+    Parameters
+    ----------
+    params : :class:`~npusim.sw.params.HwParams`
+        ``array_rows`` (R), ``array_cols`` (C), ``vector_lanes`` (must equal C),
+        ``sram_bytes``, ``sram_banks``, ``sram_bytes_per_cycle`` (the scratchpad word). A row
+        of ``C`` fp32 values must fit in 8 words.
+    panel_depth : int
+        Vectors per panel buffer (a power of two): MATMULs with ``K <= panel_depth`` reuse an
+        operand's panel across a line of tiles; longer ones stream both operands per tile.
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(ComputeCommand))``
+        Resolved compute commands: ``opcode`` and ``args`` (one union member per command).
+        Accepted only while the tile is idle.
+    done : ``Out(stream.Signature(done_layout))``
+        One beat per command: ``error`` (:data:`ErrorShape`, ``OK`` = 0) and ``cycles``, the
+        clock cycles from the edge that accepted the command to the first cycle ``done`` is
+        valid. Held until taken.
+    dma : ``In(ScratchpadPort)``
+        The scratchpad's DMA port, passed through (the device's DMA engines connect here). It
+        loses bank conflicts to the tile's own accesses.
+    """
+
+    def __init__(self, params=None, *, panel_depth=256):
+        params = HwParams() if params is None else params
+        try:
+            if panel_depth < 1 or panel_depth & (panel_depth - 1):
+                raise ValueError(f"panel_depth must be a power of two, not {panel_depth}")
+            if params.vector_lanes != params.array_cols:
+                raise ValueError(f"the vector unit has one lane per array column: vector_lanes "
+                                 f"{params.vector_lanes} != array_cols {params.array_cols}")
+            if 4 * params.array_cols > 8 * params.sram_bytes_per_cycle:
+                raise ValueError("a row of C fp32 values must fit in 8 scratchpad words")
+            # Built here so that a bad geometry fails at construction.
+            self._scratchpad = Scratchpad(params.sram_bytes, params.sram_banks,
+                                          params.sram_bytes_per_cycle)
+        except ValueError as error:
+            refuse(self, error)
+        self.params, self.panel_depth = params, panel_depth
+        self.rows, self.cols = params.array_rows, params.array_cols
+        self.word_bytes = params.sram_bytes_per_cycle
+        self.addr_width = _log2(params.sram_bytes)
+        self._port = ScratchpadPort(self._scratchpad.words.bit_length() - 1, self.word_bytes)
+        super().__init__({
+            "cmd": In(stream.Signature(ComputeCommand)),
+            "done": Out(stream.Signature(done_layout)),
+            "dma": In(self._port),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C, WB = self.rows, self.cols, self.word_bytes
+        aw, ws = self.addr_width, _log2(WB)
+        size = self.params.sram_bytes
+        # Words a row of C values (at most 4 C bytes, at any byte offset) can touch.
+        nw = (4 * C + 2 * WB - 2) // WB
+
+        m.submodules.scratchpad = sp = self._scratchpad
+        m.submodules.array = array = SystolicArray(R, C)
+        self._array = array  # lets an Amaranth-simulator testbench probe the array
+        m.submodules.a_stream = a_stream = OperandStream(R, addr_width=aw, word_bytes=WB)
+        # B's stream is a group of G column tiles wide (as many columns as a word holds): in
+        # group mode one segment serves G tiles; otherwise only its first C lanes are used.
+        G = max(1, WB // (2 * C))
+        GB = G * C
+        m.submodules.b_stream = b_stream = OperandStream(GB, addr_width=aw, word_bytes=WB)
+        m.submodules.vector_unit = vu = VectorUnit(self.params.vector_lanes)
+        m.submodules.v_stream = v_stream = OperandStream(C, addr_width=aw, word_bytes=WB,
+                                                         elem_bytes=4, narrow=True)
+        wiring.connect(m, wiring.flipped(self.dma), sp.dma)
+        port = sp.compute
+
+        # -- The command -----------------------------------------------------------------------
+        latched = Signal(ComputeCommand)
+        opcode = latched.opcode
+        cmd = latched.args.matmul      # the command's fields, seen as each opcode's layout
+        red = latched.args.reduce
+        error = Signal(ErrorShape)
+        cycles = Signal(32)
+
+        # Values derived from the command for the run (set during the checks).
+        cfg = SimpleNamespace()
+        for name, width in (("m", 16), ("n", 16), ("a", aw), ("b", aw), ("c", aw),
+                            ("a_tile_step", aw), ("a_lane_stride", aw), ("a_k_stride", aw),
+                            ("b_tile_step", aw), ("b_lane_stride", aw), ("b_k_stride", aw),
+                            ("c_row_stride", aw), ("c_ti_step", aw), ("c_tj_step", aw),
+                            ("a_last_offset", aw), ("b_last_offset", aw), ("k_count", 16)):
+            setattr(cfg, name, Signal(width, name=f"cfg_{name}"))
+        cfg.zero_k = Signal(name="cfg_zero_k")    # K = 0: one beat of -0 products per tile
+        cfg.acc = Signal(name="cfg_acc")
+        cfg.outer_b = Signal(name="cfg_outer_b")  # B's panel is reused (tiles go by columns)
+        cfg.panel = Signal(name="cfg_panel")      # K fits the panel buffer: reuse it
+        cfg.group = Signal(name="cfg_group")      # ... and B (inner, rows contiguous) too
+        cfg.bf16 = Signal(name="cfg_bf16")        # C is stored as bf16
+        # REDUCE
+        for name, width in (("red_rows", 16), ("red_a", aw), ("red_dst", aw),
+                            ("red_block_step", aw), ("red_lane_stride", aw),
+                            ("red_k_stride", aw), ("red_last_offset", aw), ("red_count", 16)):
+            setattr(cfg, name, Signal(width, name=f"cfg_{name}"))
+        cfg.red_zero = Signal(name="cfg_red_zero")   # no columns: one identity beat per block
+        cfg.red_bf16 = Signal(name="cfg_red_bf16")   # a is bf16
+        cfg.red_op = Signal(RedOpShape, name="cfg_red_op")
+        cfg.rows, cfg.cols = R, C
+
+        tile = SimpleNamespace(rows=R, cols=C, cfg=cfg, start=Signal(name="tile_start"))
+
+        # -- Operand checks: sw/fm/compute.py's _Tile, per operand slot ----------------------
+        # Each command's operands fill up to three slots in the order the model constructs
+        # their _Tile (each checked for alignment, then, if written, for its row stride, then
+        # for bounds); the overlap checks come last. An empty operand (a zero dimension) is
+        # not checked and its extent is [addr, addr).
+        slot_names = ("s0", "s1", "s2")
+        slots = {}
+        for name in slot_names:
+            slots[name] = dict(
+                en=Signal(name=f"{name}_en"), rows=Signal(16, name=f"{name}_rows"),
+                cols=Signal(16, name=f"{name}_cols"), ld=Signal(16, name=f"{name}_ld"),
+                addr=Signal(24, name=f"{name}_addr"), wide=Signal(name=f"{name}_wide"),
+                write=Signal(name=f"{name}_write"))
+        pre_error = Signal(name="pre_error")   # MATMUL: accumulate into a bf16 C
+        overlap_20 = Signal()                  # check s2 against s0 and s1 (MATMUL)
+        overlap_10 = Signal()                  # check s1 against s0 (REDUCE)
+
+        def fill(name, rows, cols, ld, addr, wide, write=0):
+            slot = slots[name]
+            m.d.comb += [slot["en"].eq(1), slot["rows"].eq(rows), slot["cols"].eq(cols),
+                         slot["ld"].eq(ld), slot["addr"].eq(addr), slot["wide"].eq(wide),
+                         slot["write"].eq(write)]
+
+        with m.Switch(opcode):
+            with m.Case(Opcode.MATMUL):
+                fill("s0", Mux(cmd.a_trans, cmd.k, cmd.m), Mux(cmd.a_trans, cmd.m, cmd.k),
+                     cmd.lda, cmd.a, 0)
+                fill("s1", Mux(cmd.b_trans, cmd.n, cmd.k), Mux(cmd.b_trans, cmd.k, cmd.n),
+                     cmd.ldb, cmd.b, 0)
+                fill("s2", cmd.m, cmd.n, cmd.ldc, cmd.c, cmd.c_dtype == _DType.FP32, write=1)
+                m.d.comb += [pre_error.eq(cmd.acc & (cmd.c_dtype != _DType.FP32)),
+                             overlap_20.eq(1)]
+            with m.Case(Opcode.REDUCE):
+                fill("s0", red.rows, red.cols, red.lda, red.a, red.a_dtype == _DType.FP32)
+                fill("s1", 1, red.rows, red.rows, red.dst, 1, write=1)
+                m.d.comb += overlap_10.eq(1)
+        check = {}
+        for name, slot in slots.items():
+            nonempty = Signal(name=f"{name}_nonempty")
+            misaligned = Signal(name=f"{name}_misaligned")
+            bad_stride = Signal(name=f"{name}_bad_stride")
+            end = Signal(37, name=f"{name}_end")   # one past the last byte, when nonempty
+            span = Signal(33, name=f"{name}_span")  # (rows - 1) * ld + cols, in elements
+            rows, cols, ld, addr, wide = (slot[f] for f in ("rows", "cols", "ld", "addr",
+                                                             "wide"))
+            m.d.comb += span.eq((rows - 1) * ld + cols)
+            m.d.sync += [
+                nonempty.eq(slot["en"] & (rows != 0) & (cols != 0)),
+                misaligned.eq(Mux(wide, addr[:2] != 0, addr[0])),
+                bad_stride.eq(slot["write"] & (rows > 1) & (ld < cols)),
+                end.eq(addr + Mux(wide, span << 2, span << 1)),
+            ]
+            lo = Signal(37, name=f"{name}_lo")
+            hi = Signal(37, name=f"{name}_hi")
+            a_reg = Signal(24, name=f"{name}_addr_q")
+            m.d.sync += a_reg.eq(addr)
+            m.d.comb += [lo.eq(a_reg), hi.eq(Mux(nonempty, end, a_reg))]
+            check[name] = (nonempty, misaligned, bad_stride, end, lo, hi)
+        pre_error_q = Signal()
+        overlap_20_q = Signal()
+        overlap_10_q = Signal()
+        m.d.sync += [pre_error_q.eq(pre_error), overlap_20_q.eq(overlap_20),
+                     overlap_10_q.eq(overlap_10)]
+
+        def overlaps(x, y):
+            return (check[x][4] < check[y][5]) & (check[y][4] < check[x][5])
+
+        rules = [(pre_error_q, ErrorShape.BAD_SHAPE)]
+        for name in slot_names:
+            nonempty, misaligned, bad_stride, end, _, _ = check[name]
+            rules += [(nonempty & misaligned, ErrorShape.ALIGNMENT),
+                      (nonempty & bad_stride, ErrorShape.BAD_SHAPE),
+                      (nonempty & (end > size), ErrorShape.SRAM_BOUNDS)]
+        rules += [(overlap_20_q & (overlaps("s2", "s0") | overlaps("s2", "s1")),
+                   ErrorShape.OPERAND_OVERLAP),
+                  (overlap_10_q & overlaps("s1", "s0"), ErrorShape.OPERAND_OVERLAP)]
+        first_error = Signal(ErrorShape)
+        m.d.comb += first_error.eq(ErrorShape.OK)
+        for n, (condition, code) in enumerate(rules):
+            with (m.If if n == 0 else m.Elif)(condition):
+                m.d.comb += first_error.eq(code)
+
+        # -- Walkers -----------------------------------------------------------------------------
+        issue = _Walker(m, "issue", tile, aw=aw)
+        init = _Walker(m, "init", tile, aw=aw)
+        write = _Walker(m, "write", tile, aw=aw)
+        running = Signal()
+
+        # -- Operand issue ---------------------------------------------------------------------
+        # The inner operand (A when B is outer) gets one segment per output tile. The outer
+        # one gets one segment per line of tiles in panel mode (its vectors are kept in the
+        # panel buffer and replayed for every tile of the line), else one per tile.
+        a_sent = Signal()
+        b_sent = Signal()
+        issue_group_tile = Signal(range(G))
+        issuing = Signal()
+        a_needed = Signal()
+        b_needed = Signal()
+        outer_needed = Signal()
+        m.d.comb += [
+            issuing.eq(running & ~issue.finished),
+            outer_needed.eq(~cfg.panel | issue.line_start),
+            a_needed.eq(cfg.outer_b | outer_needed),
+            b_needed.eq(Mux(cfg.outer_b, outer_needed,
+                            ~cfg.group | (issue_group_tile == 0))),
+        ]
+        a_cfg, b_cfg = a_stream.config, b_stream.config
+        m.d.comb += [
+            a_cfg.valid.eq(issuing & a_needed & ~a_sent),
+            a_cfg.payload.base.eq(issue.a_base),
+            a_cfg.payload.lane_stride.eq(cfg.a_lane_stride),
+            a_cfg.payload.k_stride.eq(cfg.a_k_stride),
+            a_cfg.payload.count.eq(cfg.k_count),
+            a_cfg.payload.last_offset.eq(cfg.a_last_offset),
+            a_cfg.payload.lanes.eq(Mux(cfg.zero_k, 0, issue.rows_valid)),
+            b_cfg.valid.eq(issuing & b_needed & ~b_sent),
+            b_cfg.payload.base.eq(issue.b_base),
+            b_cfg.payload.lane_stride.eq(cfg.b_lane_stride),
+            b_cfg.payload.k_stride.eq(cfg.b_k_stride),
+            b_cfg.payload.count.eq(cfg.k_count),
+            b_cfg.payload.last_offset.eq(cfg.b_last_offset),
+            b_cfg.payload.lanes.eq(Mux(cfg.zero_k, 0,
+                                       Mux(cfg.group,
+                                           Mux(issue.cols_left > GB, GB, issue.cols_left),
+                                           issue.cols_valid))),
+        ]
+        a_done = Signal()
+        b_done = Signal()
+        m.d.comb += [a_done.eq(a_sent | ~a_needed | (a_cfg.valid & a_cfg.ready)),
+                     b_done.eq(b_sent | ~b_needed | (b_cfg.valid & b_cfg.ready)),
+                     issue.next_tile.eq(issuing & a_done & b_done)]
+        with m.If(tile.start | issue.next_tile):
+            m.d.sync += [a_sent.eq(0), b_sent.eq(0)]
+        # Tile of the group being issued: groups start at every line start.
+        with m.If(tile.start):
+            m.d.sync += issue_group_tile.eq(0)
+        with m.Elif(issue.next_tile):
+            m.d.sync += issue_group_tile.eq(
+                Mux((issue_group_tile == G - 1) | (issue.cols_left <= C), 0,
+                    issue_group_tile + 1))
+        with m.Else():
+            m.d.sync += [a_sent.eq(a_done), b_sent.eq(b_done)]
+
+        # -- Panel buffers ---------------------------------------------------------------------
+        # The outer operand's vectors for a line, and in group mode B's group-wide vectors
+        # for a group of tiles; the feed replays them with the k counter below.
+        outer = _Panel(m, "outer", 16 * max(R, C), self.panel_depth, tile.start)
+        inner = _Panel(m, "inner", 16 * GB, self.panel_depth, tile.start)
+        with m.If(cfg.outer_b):
+            m.d.comb += [outer.write_valid.eq(running & cfg.panel & b_stream.o.valid),
+                         outer.write_data.eq(b_stream.o.payload.data[:16 * C]),
+                         outer.write_last.eq(b_stream.o.payload.last),
+                         b_stream.o.ready.eq(outer.write)]
+        with m.Else():
+            m.d.comb += [outer.write_valid.eq(running & cfg.panel & a_stream.o.valid),
+                         outer.write_data.eq(a_stream.o.payload.data),
+                         outer.write_last.eq(a_stream.o.payload.last),
+                         a_stream.o.ready.eq(outer.write)]
+        m.d.comb += [inner.write_valid.eq(running & cfg.group & b_stream.o.valid),
+                     inner.write_data.eq(b_stream.o.payload.data),
+                     inner.write_last.eq(b_stream.o.payload.last)]
+        with m.If(cfg.group):
+            m.d.comb += b_stream.o.ready.eq(inner.write)
+
+        # -- Feed: an A vector and a B vector per beat ---------------------------------------
+        feed = array.feed
+        feed_go = Signal()
+        feed_a = Signal(16 * R)
+        feed_b = Signal(16 * C)
+        feed_k = Signal(16)            # k-step of the beat (panel mode)
+        group_tile = Signal(range(G))  # tile of the group (group mode)
+        line_left = Signal(16)         # outputs (rows or columns) of the line left to feed
+        inner_size = Signal(range(max(R, C) + 1))
+        line_end = Signal()            # the beat ends the last tile of a line
+        group_end = Signal()           # ... of a group
+        m.d.comb += [inner_size.eq(Mux(cfg.outer_b, R, C)),
+                     feed_go.eq(feed.valid & feed.ready),
+                     outer.read_k.eq(feed_k), inner.read_k.eq(feed_k),
+                     line_end.eq(line_left <= inner_size),
+                     group_end.eq(line_end | (group_tile == G - 1))]
+        with m.If(cfg.panel):
+            inner_ok = Signal()
+            m.d.comb += [
+                feed.payload.first.eq(feed_k == 0),
+                feed.payload.last.eq(feed_k == cfg.k_count - 1),
+                feed.valid.eq(outer.ready & inner_ok),
+                outer.release.eq(feed_go & feed.payload.last & line_end),
+                inner.release.eq(feed_go & feed.payload.last & cfg.group & group_end),
+            ]
+            with m.If(cfg.group):
+                m.d.comb += [inner_ok.eq(inner.ready), feed_a.eq(outer.data),
+                             feed_b.eq(inner.data.word_select(group_tile, 16 * C))]
+            with m.Elif(cfg.outer_b):
+                m.d.comb += [inner_ok.eq(a_stream.o.valid), feed_a.eq(a_stream.o.payload.data),
+                             feed_b.eq(outer.data),
+                             a_stream.o.ready.eq(feed.ready & outer.ready)]
+            with m.Else():
+                m.d.comb += [inner_ok.eq(b_stream.o.valid), feed_a.eq(outer.data),
+                             feed_b.eq(b_stream.o.payload.data[:16 * C]),
+                             b_stream.o.ready.eq(feed.ready & outer.ready)]
+            with m.If(feed_go):
+                with m.If(feed.payload.last):
+                    m.d.sync += [feed_k.eq(0), group_tile.eq(Mux(group_end, 0, group_tile + 1))]
+                    with m.If(line_end):
+                        m.d.sync += line_left.eq(Mux(cfg.outer_b, cfg.m, cfg.n))
+                    with m.Else():
+                        m.d.sync += line_left.eq(line_left - inner_size)
+                with m.Else():
+                    m.d.sync += feed_k.eq(feed_k + 1)
+        with m.Else():
+            m.d.comb += [
+                feed.valid.eq(a_stream.o.valid & b_stream.o.valid),
+                feed_a.eq(a_stream.o.payload.data),
+                feed_b.eq(b_stream.o.payload.data[:16 * C]),
+                feed.payload.first.eq(a_stream.o.payload.first),
+                feed.payload.last.eq(a_stream.o.payload.last),
+                a_stream.o.ready.eq(feed.ready & b_stream.o.valid),
+                b_stream.o.ready.eq(feed.ready & a_stream.o.valid),
+            ]
+        with m.If(tile.start):
+            m.d.sync += [feed_k.eq(0), group_tile.eq(0),
+                         line_left.eq(Mux(cfg.outer_b, cfg.m, cfg.n))]
+        m.d.comb += [
+            # K = 0: one beat of products -0 (a = -0, b = +0) per tile, which leaves every
+            # accumulator as it starts (+0, or C with NaNs made canonical, as the model does).
+            feed.payload.a.eq(Mux(cfg.zero_k, Cat(*([Const(0x8000, 16)] * R)), feed_a)),
+            feed.payload.b.eq(feed_b),
+            feed.payload.load.eq(cfg.acc),
+        ]
+
+        # -- C reader (acc): each tile's R initial rows, fp32, into the array's init queue ----
+        window_bits = nw * WB * 8
+        r_window = Signal(window_bits)
+        r_state = Signal(range(3))      # 0: request words, 1: last word arrives, 2: offer row
+        r_word = Signal(range(nw + 1))  # next word of the row to request
+        r_resp = Signal()               # a requested word arrives in this cycle ...
+        r_resp_slot = Signal(range(nw))  # ... for this slot of the window
+        r_on = Signal()
+        r_req_valid = Signal()
+        r_grant = Signal()
+        r_off = Signal(ws)
+        r_words = Signal(range(nw + 1))  # words the row's valid columns touch
+        m.d.comb += [
+            r_on.eq(running & cfg.acc & ~init.finished),
+            r_off.eq(init.row_addr[:ws]),
+            r_words.eq(((r_off + 4 * init.cols_valid - 1) >> ws) + 1),
+            r_req_valid.eq(r_on & (r_state == 0) & init.row_valid),
+        ]
+        m.d.sync += [r_resp.eq(r_grant), r_resp_slot.eq(r_word)]
+        with m.If(r_resp):
+            m.d.sync += r_window.word_select(r_resp_slot, WB * 8).eq(port.rd_data.payload)
+        with m.If(r_on):
+            with m.Switch(r_state):
+                with m.Case(0):
+                    with m.If(~init.row_valid):
+                        m.d.sync += [r_state.eq(2), r_window.eq(0)]
+                    with m.Elif(r_grant):
+                        m.d.sync += r_word.eq(r_word + 1)
+                        with m.If(r_word == r_words - 1):
+                            m.d.sync += r_state.eq(1)
+                with m.Case(1):
+                    m.d.sync += r_state.eq(2)
+                with m.Case(2):
+                    with m.If(array.init.ready):
+                        m.d.sync += [r_state.eq(0), r_word.eq(0)]
+        with m.If(tile.start):
+            m.d.sync += [r_state.eq(0), r_word.eq(0)]
+        r_row = Signal(32 * C)
+        m.d.comb += r_row.eq(r_window >> (r_off * 8))
+        m.d.comb += [
+            array.init.valid.eq(r_on & (r_state == 2)),
+            init.next_row.eq(array.init.valid & array.init.ready),
+        ]
+        for j in range(C):
+            m.d.comb += array.init.payload[j].eq(
+                Mux(j < init.cols_valid, r_row[32 * j:32 * (j + 1)], 0))
+
+        # -- Read port arbiter: the C reader first, then a stream request for a lane that has
+        # nothing queued (urgent), then any; A and B in turn at each level --------------------
+        prefer_b = Signal()
+        a_grant = Signal()
+        b_grant = Signal()
+        a_first = Signal()             # A wins if both streams ask
+        rd = port.rd_addr
+        m.d.comb += a_first.eq(Mux(a_stream.urgent == b_stream.urgent, ~prefer_b,
+                                   a_stream.urgent))
+        with m.If(r_req_valid):
+            m.d.comb += [rd.valid.eq(1),
+                         rd.payload.eq((init.row_addr >> ws) + r_word),
+                         r_grant.eq(rd.ready)]
+        with m.Elif(a_stream.req.valid & (~b_stream.req.valid | a_first)):
+            m.d.comb += [rd.valid.eq(1), rd.payload.eq(a_stream.req.payload),
+                         a_grant.eq(rd.ready)]
+        with m.Elif(b_stream.req.valid):
+            m.d.comb += [rd.valid.eq(1), rd.payload.eq(b_stream.req.payload),
+                         b_grant.eq(rd.ready)]
+        with m.Elif(v_stream.req.valid):
+            m.d.comb += [rd.valid.eq(1), rd.payload.eq(v_stream.req.payload),
+                         v_stream.req.ready.eq(rd.ready)]
+        with m.If(a_grant):
+            m.d.sync += prefer_b.eq(1)
+        with m.Elif(b_grant):
+            m.d.sync += prefer_b.eq(0)
+        m.d.comb += [
+            a_stream.req.ready.eq(a_grant), b_stream.req.ready.eq(b_grant),
+            a_stream.rd_data.eq(port.rd_data.payload), b_stream.rd_data.eq(port.rd_data.payload),
+            v_stream.rd_data.eq(port.rd_data.payload),
+        ]
+
+        # -- REDUCE: blocks of C rows through the vector unit ------------------------------------
+        # Block b is rows [b C, b C + C): lane l folds row b C + l, one beat per column (the
+        # stream's k-step), and the vector unit's one output beat per block holds the C
+        # results, written to dst[b C ..] like a row of C.
+        reducing = Signal()
+        red_start = Signal()
+
+        red_in = SimpleNamespace()        # the block being issued
+        red_out = SimpleNamespace()       # the block being written
+        for pos, name in ((red_in, "red_in"), (red_out, "red_out")):
+            pos.rows_left = Signal(16, name=f"{name}_rows_left")
+            pos.addr = Signal(aw, name=f"{name}_addr")
+            pos.valid = Signal(range(C + 1), name=f"{name}_valid")
+            pos.finished = Signal(name=f"{name}_finished")
+            pos.next = Signal(name=f"{name}_next")
+            m.d.comb += pos.valid.eq(Mux(pos.rows_left > C, C, pos.rows_left))
+            with m.If(red_start):
+                m.d.sync += [pos.rows_left.eq(cfg.red_rows), pos.finished.eq(0),
+                             pos.addr.eq(cfg.red_a if pos is red_in else cfg.red_dst)]
+            with m.Elif(pos.next):
+                m.d.sync += [pos.rows_left.eq(pos.rows_left - C),
+                             pos.addr.eq(pos.addr + (cfg.red_block_step if pos is red_in
+                                                     else 4 * C))]
+                with m.If(pos.rows_left <= C):
+                    m.d.sync += pos.finished.eq(1)
+        seg_sent = Signal()
+        cmd_sent = Signal()
+        red_issuing = Signal()
+        seg_done = Signal()
+        cmd_done = Signal()
+        v_cfg = v_stream.config
+        m.d.comb += [
+            red_issuing.eq(reducing & ~red_in.finished),
+            v_cfg.valid.eq(red_issuing & ~seg_sent),
+            v_cfg.payload.base.eq(red_in.addr),
+            v_cfg.payload.lane_stride.eq(cfg.red_lane_stride),
+            v_cfg.payload.k_stride.eq(cfg.red_k_stride),
+            v_cfg.payload.count.eq(cfg.red_count),
+            v_cfg.payload.last_offset.eq(cfg.red_last_offset),
+            v_cfg.payload.lanes.eq(Mux(cfg.red_zero, 0, red_in.valid)),
+            v_cfg.payload.narrow.eq(cfg.red_bf16),
+            vu.cmd.valid.eq(red_issuing & ~cmd_sent),
+            vu.cmd.payload.mode.eq(Mode.REDUCE),
+            vu.cmd.payload.red_op.eq(cfg.red_op),
+            seg_done.eq(seg_sent | (v_cfg.valid & v_cfg.ready)),
+            cmd_done.eq(cmd_sent | (vu.cmd.valid & vu.cmd.ready)),
+            red_in.next.eq(red_issuing & seg_done & cmd_done),
+        ]
+        with m.If(red_start | red_in.next):
+            m.d.sync += [seg_sent.eq(0), cmd_sent.eq(0)]
+        with m.Else():
+            m.d.sync += [seg_sent.eq(seg_done), cmd_sent.eq(cmd_done)]
+        # Beats: column j of the block; bf16 widened exactly; with no columns one beat that
+        # leaves the identity as it is (SUM: +0 + -0 = +0; MAX: max(-inf, -inf) = -inf).
+        filler = Mux(cfg.red_op == RedOpShape.MAX, 0xFF80_0000, 0x8000_0000)
+        for lane in range(C):
+            value = v_stream.o.payload.data[lane]
+            m.d.comb += vu.i.payload.a[lane].eq(
+                Mux(cfg.red_zero, filler, Mux(cfg.red_bf16, value << 16, value)))
+        m.d.comb += [
+            vu.i.payload.last.eq(v_stream.o.payload.last),
+            vu.i.valid.eq(reducing & v_stream.o.valid),
+            v_stream.o.ready.eq(reducing & vu.i.ready),
+        ]
+
+        # -- C writer: result rows -> (bf16) -> masked word writes ----------------------------
+        m.submodules.results = results = SyncFIFO(width=32 * C, depth=R)
+        m.d.comb += [
+            results.w_data.eq(array.result.payload),
+            results.w_en.eq(array.result.valid),
+            array.result.ready.eq(results.w_rdy),
+        ]
+        # The writer takes rows from the array's results (MATMUL) or from the vector unit
+        # (REDUCE), each with where it goes and how many of its values are valid.
+        src_valid = Signal()
+        src_data = Signal(32 * C)
+        src_addr = Signal(aw)
+        src_cols = Signal(range(C + 1))
+        src_keep = Signal()            # a row to write (not a padded row to drop)
+        src_bf16 = Signal()
+        src_more = Signal()            # rows left to take
+        w_busy = Signal()
+        w_data = Signal(window_bits)
+        w_mask = Signal(nw * WB)
+        w_addr = Signal(aw - ws)
+        w_final = Signal()   # this cycle's write is the row's last
+        w_room = Signal()    # the writer can take a row this cycle
+        w_take = Signal()
+        wr = port.wr
+        m.d.comb += [
+            wr.valid.eq(w_busy),
+            wr.payload.addr.eq(w_addr),
+            wr.payload.data.eq(w_data[:WB * 8]),
+            wr.payload.mask.eq(w_mask[:WB]),
+            w_final.eq(w_busy & wr.ready & (w_mask[WB:] == 0)),
+            w_room.eq(src_more & (~w_busy | w_final)),
+            w_take.eq(w_room & src_valid),
+        ]
+        with m.If(running):
+            m.d.comb += [
+                src_valid.eq(results.r_rdy), src_data.eq(results.r_data),
+                src_addr.eq(write.row_addr), src_cols.eq(write.cols_valid),
+                src_keep.eq(write.row_valid), src_bf16.eq(cfg.bf16),
+                src_more.eq(~write.finished),
+                results.r_en.eq(w_take), write.next_row.eq(w_take),
+            ]
+        with m.If(reducing):
+            m.d.comb += [
+                src_valid.eq(vu.o.valid), src_data.eq(vu.o.payload),
+                src_addr.eq(red_out.addr), src_cols.eq(red_out.valid),
+                src_keep.eq(1), src_bf16.eq(0), src_more.eq(~red_out.finished),
+                vu.o.ready.eq(w_room), red_out.next.eq(w_take),
+            ]
+        row = data.ArrayLayout(32, C)(src_data)
+        row_bytes = Signal(32 * C)
+        row_mask = Signal(4 * C)
+        col_on = [Signal(name=f"w_col{j}_on") for j in range(C)]
+        for j in range(C):
+            m.d.comb += col_on[j].eq(j < src_cols)
+        with m.If(src_bf16):
+            m.d.comb += [row_bytes.eq(Cat(*(_to_bf16(row[j]) for j in range(C)))),
+                         row_mask.eq(Cat(*(col_on[j].replicate(2) for j in range(C))))]
+        with m.Else():
+            m.d.comb += [row_bytes.eq(src_data),
+                         row_mask.eq(Cat(*(col_on[j].replicate(4) for j in range(C))))]
+        w_off = Signal(ws)
+        m.d.comb += w_off.eq(src_addr[:ws])
+        with m.If(w_take & src_keep):
+            m.d.sync += [
+                w_busy.eq(1),
+                w_data.eq(row_bytes << (w_off * 8)),
+                w_mask.eq(row_mask << w_off),
+                w_addr.eq(src_addr[ws:]),
+            ]
+        with m.Elif(w_busy & wr.ready):
+            m.d.sync += [w_data.eq(w_data >> (WB * 8)), w_mask.eq(w_mask >> WB),
+                         w_addr.eq(w_addr + 1)]
+            with m.If(w_final):
+                m.d.sync += w_busy.eq(0)
+        with m.If(tile.start | red_start):
+            m.d.sync += w_busy.eq(0)
+
+        # -- Command sequencer -----------------------------------------------------------------
+        m.d.comb += [self.done.payload.error.eq(error), self.done.payload.cycles.eq(cycles)]
+        k = cmd.k
+        with m.FSM(name="sequencer"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += [latched.eq(self.cmd.payload), cycles.eq(0)]
+                    with m.If((self.cmd.payload.opcode == Opcode.MATMUL)
+                              | (self.cmd.payload.opcode == Opcode.REDUCE)):
+                        m.next = "CHECK"
+                    with m.Else():
+                        m.d.sync += error.eq(ErrorShape.BAD_OPCODE)
+                        m.next = "FAULT"
+            with m.State("FAULT"):
+                m.d.sync += cycles.eq(cycles + 1)
+                m.next = "DONE"
+            with m.State("CHECK"):
+                # The operand extents are registered in this cycle; the run's strides too.
+                es_c_bytes = Mux(cmd.c_dtype == _DType.BF16, 2, 4)
+                k_steps = Mux(k == 0, 0, k - 1)   # the last k-step of a segment
+                m.d.sync += [
+                    cycles.eq(cycles + 1),
+                    cfg.m.eq(cmd.m), cfg.n.eq(cmd.n),
+                    cfg.a.eq(cmd.a), cfg.b.eq(cmd.b), cfg.c.eq(cmd.c),
+                    cfg.a_tile_step.eq(Mux(cmd.a_trans, 2 * R, 2 * R * cmd.lda)),
+                    cfg.a_lane_stride.eq(Mux(cmd.a_trans, 2, 2 * cmd.lda)),
+                    cfg.a_k_stride.eq(Mux(cmd.a_trans, 2 * cmd.lda, 2)),
+                    cfg.b_tile_step.eq(Mux(cmd.b_trans, 2 * C * cmd.ldb, 2 * C)),
+                    cfg.b_lane_stride.eq(Mux(cmd.b_trans, 2 * cmd.ldb, 2)),
+                    cfg.b_k_stride.eq(Mux(cmd.b_trans, 2, 2 * cmd.ldb)),
+                    cfg.c_row_stride.eq(es_c_bytes * cmd.ldc),
+                    cfg.c_ti_step.eq(es_c_bytes * R * cmd.ldc),
+                    cfg.c_tj_step.eq(es_c_bytes * C),
+                    cfg.k_count.eq(Mux(k == 0, 1, k)),
+                    cfg.a_last_offset.eq(k_steps * Mux(cmd.a_trans, 2 * cmd.lda, 2)),
+                    cfg.b_last_offset.eq(k_steps * Mux(cmd.b_trans, 2, 2 * cmd.ldb)),
+                    cfg.zero_k.eq(k == 0),
+                    cfg.acc.eq(cmd.acc),
+                    # Stream the operand whose k-steps are contiguous (cheap: a word serves
+                    # many k-steps) and reuse the other's panel: A normal -> B outer.
+                    cfg.outer_b.eq(~cmd.a_trans),
+                    cfg.panel.eq(k <= self.panel_depth),
+                    # Both contiguous along the vector (A transposed, B normal): B's words
+                    # serve G column tiles, so B's group-wide vectors are kept for G tiles.
+                    cfg.group.eq((k <= self.panel_depth) & cmd.a_trans & ~cmd.b_trans
+                                 & (G > 1)),
+                    cfg.bf16.eq(cmd.c_dtype == _DType.BF16),
+                ]
+                red_es = Mux(red.a_dtype == _DType.BF16, 2, 4)
+                red_count = Mux(red.cols == 0, 1, red.cols)
+                m.d.sync += [
+                    cfg.red_rows.eq(red.rows), cfg.red_a.eq(red.a), cfg.red_dst.eq(red.dst),
+                    cfg.red_block_step.eq(red_es * C * red.lda),
+                    cfg.red_lane_stride.eq(red_es * red.lda),
+                    cfg.red_k_stride.eq(red_es),
+                    cfg.red_count.eq(red_count),
+                    cfg.red_last_offset.eq((red_count - 1) * red_es),
+                    cfg.red_zero.eq(red.cols == 0),
+                    cfg.red_bf16.eq(red.a_dtype == _DType.BF16),
+                    cfg.red_op.eq(red.op),
+                ]
+                m.next = "DECIDE"
+            with m.State("DECIDE"):
+                m.d.sync += [cycles.eq(cycles + 1), error.eq(first_error)]
+                with m.If(first_error != ErrorShape.OK):
+                    m.next = "DONE"
+                with m.Elif(opcode == Opcode.REDUCE):
+                    with m.If(red.rows == 0):
+                        m.next = "DONE"   # nothing to write
+                    with m.Else():
+                        m.d.comb += red_start.eq(1)
+                        m.next = "REDUCE"
+                with m.Elif((cmd.m == 0) | (cmd.n == 0)):
+                    m.next = "DONE"   # nothing to write
+                with m.Else():
+                    m.d.comb += tile.start.eq(1)
+                    m.next = "MATMUL"
+            with m.State("MATMUL"):
+                m.d.comb += running.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(write.finished & ~w_busy):
+                    m.next = "DONE"
+            with m.State("REDUCE"):
+                m.d.comb += reducing.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(red_out.finished & ~w_busy):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += self.done.valid.eq(1)
+                with m.If(self.done.ready):
+                    m.next = "IDLE"
+        return m

@@ -1,0 +1,765 @@
+"""cocotb testbench for the NE tile top (``hw/ne/tile.py``), run by ``test_ne_tile.py`` through
+:func:`npusim.cosim.verilator_flow.run`.
+
+The design under test is :class:`NeTileHarness`: the :class:`~npusim.hw.ne.tile.NeTile` with
+its ``dma`` port re-exposed as plain top-level streams (the scratchpad port's always-ready read
+data carries a constant ``ready``, which cannot be a top-level port).
+
+The :class:`TB` owns the clock, the reset, the ``dma`` port (load and read back the whole SRAM,
+with optional random pauses, and random background reads during a command), the ``cmd`` and
+``done`` ports, and the oracle: every command also runs on the functional model
+(:func:`npusim.sw.fm.compute.matmul` or :func:`~npusim.sw.fm.compute.reduce` on a
+:class:`~npusim.sw.fm.memory.DenseMemory` holding the same image), and after it the tile's error code must equal the model's and the whole SRAM,
+read back through ``dma``, must equal the model's memory bit for bit.
+
+Python sleeps on the ``done`` port while a command runs (one wake-up per command), except in
+the background-read test, where it drives ``dma`` every cycle.
+
+Environment (set by the pytest side):
+
+``NE_TILE_PARAMS``
+    JSON of the :class:`~npusim.sw.params.HwParams` fields the DUT was built with.
+``NE_TILE_PANEL_DEPTH``
+    The ``panel_depth`` the DUT was built with (default 256).
+``NE_TILE_SEED``
+    Seed of the command generators and pause generators (default 1).
+``NE_TILE_COMMANDS``
+    Random commands per random test (default 40).
+``NE_TILE_REPORT``
+    If set, a path: the timing test writes its table there as JSON.
+"""
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cocotb
+import numpy as np
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge, with_timeout
+
+from npusim.hw.isa import ComputeCommand, Opcode
+from npusim.hw.ne.tile import NeTile, done_layout
+from npusim.sw.fm import compute, timing
+from npusim.sw.fm.fault import DeviceFault
+from npusim.sw.fm.memory import DenseMemory
+from npusim.sw.isa.enums import DType, ErrorCode, RedOp
+from npusim.sw.params import HwParams
+from systolic_tb import never, random_bf16, random_pauses
+
+
+# -- The design under test ---------------------------------------------------------------------
+
+class NeTileHarness(wiring.Component):
+    """:class:`NeTile` with its ``dma`` port as three plain streams: ``dma_rd_addr`` (in),
+    ``dma_rd_data`` (out: ``payload`` and ``valid``, always taken) and ``dma_wr`` (in)."""
+
+    def __init__(self, params, **options):
+        self.tile = NeTile(params, **options)
+        port = self.tile.dma.signature.flip()  # the requester's view
+        rd_addr = port.members["rd_addr"].signature
+        wr = port.members["wr"].signature
+        super().__init__({
+            "cmd": In(stream.Signature(ComputeCommand)),
+            "done": Out(stream.Signature(done_layout)),
+            "dma_rd_addr": In(rd_addr),
+            "dma_rd_data": Out(8 * params.sram_bytes_per_cycle),
+            "dma_rd_valid": Out(1),
+            "dma_wr": In(wr),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.tile = tile = self.tile
+        wiring.connect(m, wiring.flipped(self.cmd), tile.cmd)
+        wiring.connect(m, tile.done, wiring.flipped(self.done))
+        wiring.connect(m, wiring.flipped(self.dma_rd_addr), tile.dma.rd_addr)
+        wiring.connect(m, wiring.flipped(self.dma_wr), tile.dma.wr)
+        m.d.comb += [self.dma_rd_data.eq(tile.dma.rd_data.payload),
+                     self.dma_rd_valid.eq(tile.dma.rd_data.valid)]
+        return m
+
+
+# -- Commands ----------------------------------------------------------------------------------
+
+MATMUL_FIELDS = ("a", "lda", "b", "ldb", "c", "ldc", "a_trans", "b_trans", "acc", "c_dtype",
+                 "m", "n", "k")
+
+
+def matmul_payload(fields):
+    """The ``cmd`` payload (an int) of a resolved MATMUL with ``fields``."""
+    args = {name: int(fields[name]) for name in MATMUL_FIELDS}
+    return ComputeCommand.const({"opcode": Opcode.MATMUL,
+                                 "args": {"matmul": args}}).as_value().value
+
+
+REDUCE_FIELDS = ("op", "dst", "a", "lda", "a_dtype", "rows", "cols")
+
+
+def reduce_payload(fields):
+    """The ``cmd`` payload (an int) of a resolved REDUCE with ``fields``."""
+    args = {name: int(fields[name]) for name in REDUCE_FIELDS}
+    return ComputeCommand.const({"opcode": Opcode.REDUCE,
+                                 "args": {"reduce": args}}).as_value().value
+
+
+def describe_reduce(f):
+    return (f"REDUCE {RedOp(f['op']).name} rows={f['rows']} cols={f['cols']} "
+            f"a={f['a']:#x}/{f['lda']} {'bf16' if f['a_dtype'] == DType.BF16 else 'fp32'} "
+            f"dst={f['dst']:#x}")
+
+
+def opcode_payload(opcode):
+    """A command of another compute opcode with all-zero fields."""
+    return ComputeCommand.const({"opcode": opcode}).as_value().value
+
+
+def describe(f):
+    """A short description of MATMUL ``f`` for messages."""
+    return (f"MATMUL m={f['m']} n={f['n']} k={f['k']} a={f['a']:#x}/{f['lda']}"
+            f"{'T' if f['a_trans'] else ''} b={f['b']:#x}/{f['ldb']}{'T' if f['b_trans'] else ''}"
+            f" c={f['c']:#x}/{f['ldc']} {'bf16' if f['c_dtype'] == DType.BF16 else 'fp32'}"
+            f"{' acc' if f['acc'] else ''}")
+
+
+def fm_matmul(image, fields, command=compute.matmul):
+    """Run MATMUL (or ``command``) on the functional model: ``(error code, memory after)``."""
+    sram = DenseMemory(len(image))
+    sram.data[:] = image
+    try:
+        command(sram, dict(fields))
+    except DeviceFault as fault:
+        return fault.code, sram.data
+    return ErrorCode.OK, sram.data
+
+
+def _extent(addr, rows, cols, ld, es):
+    if rows == 0 or cols == 0:
+        return addr, addr
+    return addr, addr + ((rows - 1) * ld + cols) * es
+
+
+def _pick_dim(rng, size):
+    """M or N: 1, around the array's size, or several tiles (lines of several panel groups)."""
+    choices = [1, 2, max(size - 1, 1), size, size + 1, 2 * size + 3,
+               int(rng.integers(1, 3 * size + 1)), int(rng.integers(3 * size, 6 * size + 1))]
+    return int(choices[rng.integers(len(choices))])
+
+
+def random_matmul(rng, rows, cols, sram_bytes, word_bytes, panel_depth=256):
+    """A random MATMUL that the functional model accepts: shapes around the array's size
+    (ragged edges, K from 1 to a few dozen, now and then 0), both transposes, acc, bf16 C,
+    row strides with and without padding (A's and B's now and then shorter than a row, even
+    0: rows read twice), addresses at every element alignment, A and B sometimes the same
+    tensor; C never overlaps them. K is now and then just past ``panel_depth`` (when that
+    is small), where the tile streams both operands instead of reusing a panel."""
+    for _ in range(1000):
+        f = {
+            "m": _pick_dim(rng, rows), "n": _pick_dim(rng, cols),
+            "k": int(rng.choice([1, 2, 3, rows, 2 * rows + 1, int(rng.integers(1, 41)),
+                                 panel_depth + int(rng.integers(0, 3))])),
+            "a_trans": int(rng.integers(2)), "b_trans": int(rng.integers(2)),
+            "acc": int(rng.random() < 0.35),
+        }
+        if f["k"] > 64:
+            f["k"] = int(rng.integers(1, 41))
+        if rng.random() < 0.04:
+            f[str(rng.choice(["m", "n", "k"]))] = 0
+        f["c_dtype"] = DType.FP32 if f["acc"] or rng.random() < 0.6 else DType.BF16
+        a_rows, a_cols = (f["k"], f["m"]) if f["a_trans"] else (f["m"], f["k"])
+        b_rows, b_cols = (f["n"], f["k"]) if f["b_trans"] else (f["k"], f["n"])
+
+        def stride(cols_, read_only=True):
+            r = rng.random()
+            if read_only and r < 0.04:
+                return int(rng.integers(0, max(cols_, 1)))  # rows overlap (0: the same row)
+            if r < 0.5:
+                return cols_
+            return cols_ + int(rng.choice([1, 2, 3, 7, 16, int(rng.integers(1, 40))]))
+
+        f["lda"], f["ldb"] = stride(a_cols), stride(b_cols)
+        f["ldc"] = stride(f["n"], read_only=False) if f["m"] > 1 or rng.random() < 0.8 \
+            else int(rng.integers(0, 100))
+        es_c = 4 if f["c_dtype"] == DType.FP32 else 2
+
+        def address(span, es):
+            limit = sram_bytes - span
+            if limit < 0:
+                return None
+            r = rng.random()
+            unit = word_bytes if r < 0.3 else (16 if r < 0.45 else es)
+            return int(rng.integers(0, limit // unit + 1)) * unit
+
+        spans = {"a": _extent(0, a_rows, a_cols, f["lda"], 2)[1],
+                 "b": _extent(0, b_rows, b_cols, f["ldb"], 2)[1],
+                 "c": _extent(0, f["m"], f["n"], f["ldc"], es_c)[1]}
+        f["a"] = address(spans["a"], 2)
+        f["b"] = f["a"] if rng.random() < 0.1 and spans["b"] <= spans["a"] \
+            else address(spans["b"], 2)
+        f["c"] = address(spans["c"], es_c)
+        if None in (f["a"], f["b"], f["c"]):
+            continue
+        ca = _extent(f["c"], f["m"], f["n"], f["ldc"], es_c)
+        if any(ca[0] < x1 and x0 < ca[1] for x0, x1 in (
+                _extent(f["a"], a_rows, a_cols, f["lda"], 2),
+                _extent(f["b"], b_rows, b_cols, f["ldb"], 2))):
+            continue
+        return f
+    raise RuntimeError("could not place a random MATMUL")
+
+
+def random_reduce(rng, lanes, sram_bytes, word_bytes):
+    """A random REDUCE that the functional model accepts: rows around the lane count (one
+    to several blocks, ragged), columns from 0 to a few dozen, both reductions, fp32 and
+    bf16 inputs, row strides dense, padded, short or 0, addresses at every element alignment;
+    dst never overlaps a."""
+    for _ in range(1000):
+        f = {"op": RedOp(int(rng.integers(2))), "a_dtype": DType(int(rng.integers(2))),
+             "rows": _pick_dim(rng, lanes),
+             "cols": int(rng.choice([0, 1, 2, lanes, int(rng.integers(1, 50))]))}
+        if rng.random() < 0.03:
+            f["rows"] = 0
+        es = 4 if f["a_dtype"] == DType.FP32 else 2
+        r = rng.random()
+        f["lda"] = (int(rng.integers(0, max(f["cols"], 1))) if r < 0.08 else
+                    f["cols"] if r < 0.5 else f["cols"] + int(rng.integers(1, 20)))
+        a_span = _extent(0, f["rows"], f["cols"], f["lda"], es)[1]
+        d_span = 4 * f["rows"]
+        if a_span > sram_bytes or d_span > sram_bytes:
+            continue
+        unit = word_bytes if rng.random() < 0.3 else es
+        f["a"] = int(rng.integers(0, (sram_bytes - a_span) // unit + 1)) * unit
+        unit = word_bytes if rng.random() < 0.3 else 4
+        f["dst"] = int(rng.integers(0, (sram_bytes - d_span) // unit + 1)) * unit
+        a0, a1 = _extent(f["a"], f["rows"], f["cols"], f["lda"], es)
+        d0, d1 = _extent(f["dst"], 1, f["rows"], f["rows"], 4)
+        if d0 < a1 and a0 < d1:
+            continue
+        return f
+    raise RuntimeError("could not place a random REDUCE")
+
+
+# -- The testbench -----------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What one command did on the tile."""
+    error: ErrorCode
+    cycles: int
+    wall: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class TB:
+    """Drives :class:`NeTileHarness` and checks it against the functional model."""
+
+    def __init__(self, dut):
+        self.dut = dut
+        self.params = HwParams(**json.loads(os.environ["NE_TILE_PARAMS"]))
+        p = self.params
+        self.rows, self.cols = p.array_rows, p.array_cols
+        self.size, self.word_bytes = p.sram_bytes, p.sram_bytes_per_cycle
+        self.words = self.size // self.word_bytes
+        self.addr_bits = (self.words - 1).bit_length()
+        self.seed = int(os.environ.get("NE_TILE_SEED", "1"))
+        self.command_count = int(os.environ.get("NE_TILE_COMMANDS", "40"))
+        self.panel_depth = int(os.environ.get("NE_TILE_PANEL_DEPTH", "256"))
+        self.image = np.zeros(self.size, np.uint8)  # what SRAM holds (the model's memory)
+        self.log = dut._log
+
+    def rng(self, stream_):
+        return np.random.default_rng([self.seed, stream_])
+
+    def pauses(self, stream_, busy=0.6):
+        return random_pauses(random.Random(self.seed * 1000 + stream_), busy)
+
+    async def reset(self):
+        dut = self.dut
+        Clock(dut.clk, 10, unit="ns").start()
+        dut.rst.value = 1
+        dut.cmd__valid.value = 0
+        dut.done__ready.value = 1
+        dut.dma_rd_addr__valid.value = 0
+        dut.dma_wr__valid.value = 0
+        await ClockCycles(dut.clk, 3)
+        dut.rst.value = 0
+        await FallingEdge(dut.clk)
+
+    # -- dma port ------------------------------------------------------------------------------
+
+    async def load(self, image, pauses=None):
+        """Write ``image`` (the whole SRAM) through ``dma`` with full byte masks."""
+        dut, wb = self.dut, self.word_bytes
+        pauses = pauses or never()
+        image = np.asarray(image, np.uint8)
+        mask = (1 << wb) - 1
+        payloads = [w | (int.from_bytes(image[w * wb:(w + 1) * wb].tobytes(), "little")
+                         << self.addr_bits) | (mask << (self.addr_bits + 8 * wb))
+                    for w in range(self.words)]
+        sent, shown = 0, False
+        for _ in range(20 * self.words + 100):
+            await FallingEdge(dut.clk)
+            if not shown and sent < self.words and not next(pauses):
+                dut.dma_wr__payload.value = payloads[sent]
+                shown = True
+            dut.dma_wr__valid.value = int(shown)
+            await ReadOnly()
+            if shown and dut.dma_wr__ready.value:
+                sent += 1
+                shown = False
+            if sent == self.words:
+                break
+        else:
+            raise AssertionError(f"load: {sent} of {self.words} words written")
+        await FallingEdge(dut.clk)
+        dut.dma_wr__valid.value = 0
+        self.image = image.copy()
+
+    async def dump(self, pauses=None):
+        """Read the whole SRAM through ``dma``."""
+        dut, wb = self.dut, self.word_bytes
+        pauses = pauses or never()
+        words = []
+        asked, shown = 0, False
+        for _ in range(20 * self.words + 100):
+            await FallingEdge(dut.clk)
+            if not shown and asked < self.words and not next(pauses):
+                dut.dma_rd_addr__payload.value = asked
+                shown = True
+            dut.dma_rd_addr__valid.value = int(shown)
+            await ReadOnly()
+            if dut.dma_rd_valid.value:
+                words.append(dut.dma_rd_data.value.to_unsigned())
+            if shown and dut.dma_rd_addr__ready.value:
+                asked += 1
+                shown = False
+            if len(words) == self.words:
+                break
+        else:
+            raise AssertionError(f"dump: {len(words)} of {self.words} words read")
+        await FallingEdge(dut.clk)
+        dut.dma_rd_addr__valid.value = 0
+        return np.frombuffer(b"".join(w.to_bytes(wb, "little") for w in words), np.uint8)
+
+    # -- cmd and done ----------------------------------------------------------------------------
+
+    async def command(self, payload, budget, *, background_reads=None):
+        """Send one command and wait (at most ``budget`` cycles) for its ``done`` beat. With
+        ``background_reads`` (a pause generator), random ``dma`` reads run meanwhile."""
+        dut = self.dut
+        started = time.perf_counter()
+        await FallingEdge(dut.clk)
+        dut.cmd__payload.value = payload
+        dut.cmd__valid.value = 1
+        await ReadOnly()
+        if not dut.cmd__ready.value:
+            raise AssertionError("the tile is not idle")
+        await FallingEdge(dut.clk)
+        dut.cmd__valid.value = 0
+        if background_reads is None:
+            await ReadOnly()
+            if not dut.done__valid.value:
+                await with_timeout(RisingEdge(dut.done__valid), 10 * budget + 1000, "ns")
+                await ReadOnly()
+        else:
+            rng = random.Random(self.seed)
+            for _ in range(budget):
+                reading = not next(background_reads)
+                dut.dma_rd_addr__payload.value = rng.randrange(self.words)
+                dut.dma_rd_addr__valid.value = int(reading)
+                await ReadOnly()
+                if dut.done__valid.value:
+                    break
+                await FallingEdge(dut.clk)
+            else:
+                raise AssertionError(f"no done within {budget} cycles")
+        if not dut.done__valid.value:
+            raise AssertionError("done__valid is low")
+        value = dut.done__payload.value.to_unsigned()
+        await FallingEdge(dut.clk)
+        dut.dma_rd_addr__valid.value = 0
+        return Outcome(error=ErrorCode(value & 0xFF), cycles=value >> 8,
+                       wall=time.perf_counter() - started)
+
+    def budget(self, f):
+        """A generous cycle budget for MATMUL ``f``."""
+        tiles = -(-f["m"] // self.rows) * -(-f["n"] // self.cols)
+        return 8 * tiles * (f["k"] + 4 * (self.rows + self.cols) + 20) + 500
+
+    async def matmul(self, f, what="", *, check_memory=True, dump_pauses=None,
+                     background_reads=None):
+        """Run MATMUL ``f`` on the tile and on the model; compare the error code and (with
+        ``check_memory``) the whole SRAM. Returns the :class:`Outcome`."""
+        expected_error, expected_image = fm_matmul(self.image, f)
+        outcome = await self.command(matmul_payload(f), self.budget(f),
+                                     background_reads=background_reads)
+        label = f"{what}: {describe(f)}"
+        if outcome.error != expected_error:
+            raise AssertionError(f"{label}: error {outcome.error.name}, the model says "
+                                 f"{expected_error.name}")
+        self.image = expected_image.copy()
+        if check_memory:
+            await self.check_memory(label, pauses=dump_pauses, f=f)
+        return outcome
+
+    async def reduce(self, f, what="", *, check_memory=True):
+        """Run REDUCE ``f`` on the tile and on the model, like :meth:`matmul`."""
+        expected_error, expected_image = fm_matmul(self.image, f, compute.reduce)
+        blocks = -(-f["rows"] // self.cols)
+        outcome = await self.command(reduce_payload(f),
+                                     8 * blocks * (max(f["cols"], 1) + 40) + 500)
+        label = f"{what}: {describe_reduce(f)}"
+        if outcome.error != expected_error:
+            raise AssertionError(f"{label}: error {outcome.error.name}, the model says "
+                                 f"{expected_error.name}")
+        self.image = expected_image.copy()
+        if check_memory:
+            await self.check_memory(label)
+        return outcome
+
+    async def check_memory(self, label, pauses=None, f=None):
+        """Read SRAM back and compare it with the model's memory (``f``: a MATMUL, to say
+        which C elements differ)."""
+        got = await self.dump(pauses)
+        bad = np.flatnonzero(got != self.image)
+        if len(bad):
+            lines = [f"  byte {int(i):#06x}: got {int(got[i]):#04x}, expected "
+                     f"{int(self.image[i]):#04x}" for i in bad[:12]]
+            if f is not None:
+                lines.append("  " + self._locate(f, bad))
+            raise AssertionError(f"{label}: {len(bad)} SRAM bytes differ (NE_TILE_SEED="
+                                 f"{self.seed}):\n" + "\n".join(lines))
+
+    def _locate(self, f, bad):
+        """Which C elements the differing bytes belong to (for messages)."""
+        es = 4 if f["c_dtype"] == DType.FP32 else 2
+        where = []
+        for byte in bad[:6]:
+            off = int(byte) - f["c"]
+            if off < 0 or f["ldc"] == 0:
+                where.append(f"{int(byte):#x}: outside C")
+                continue
+            i, j = divmod(off // es, f["ldc"])
+            where.append(f"{int(byte):#x}: C[{i}][{j}]" if i < f["m"] and j < f["n"]
+                         else f"{int(byte):#x}: outside C")
+        return "; ".join(where)
+
+    def random_image(self, rng):
+        """A whole-SRAM image of bf16 patterns (so fp32 words read by acc are realistic too)."""
+        return random_bf16(rng, self.size // 2, specials=0.02).view(np.uint8)
+
+
+# -- Tests -------------------------------------------------------------------------------------
+
+TIMEOUT = dict(timeout_time=200, timeout_unit="ms")  # simulated time: 20M cycles
+
+
+@cocotb.test(**TIMEOUT)
+async def matmul_random(dut):
+    """Random MATMULs (every option, ragged shapes, strides, alignments) on a random image:
+    each checked against the model (error code and the whole SRAM)."""
+    tb = TB(dut)
+    await tb.reset()
+    rng = tb.rng(1)
+    await tb.load(tb.random_image(rng))
+    cycles = 0
+    for n in range(tb.command_count):
+        f = random_matmul(rng, tb.rows, tb.cols, tb.size, tb.word_bytes, tb.panel_depth)
+        outcome = await tb.matmul(f, f"random #{n}")
+        cycles += outcome.cycles
+    tb.log.info("%d random MATMULs bit-exact with the model (%d tile cycles)",
+                tb.command_count, cycles)
+
+
+@cocotb.test(**TIMEOUT)
+async def matmul_dma_stalls(dut):
+    """Random MATMULs with random pauses on every dma load and read-back, and random dma reads
+    (bank conflicts with the tile's own reads) while each command runs."""
+    tb = TB(dut)
+    await tb.reset()
+    rng = tb.rng(2)
+    await tb.load(tb.random_image(rng), pauses=tb.pauses(1))
+    for n in range(max(tb.command_count // 4, 4)):
+        f = random_matmul(rng, tb.rows, tb.cols, tb.size, tb.word_bytes, tb.panel_depth)
+        await tb.matmul(f, f"stalls #{n}", dump_pauses=tb.pauses(10 + n),
+                        background_reads=tb.pauses(100 + n, busy=0.9))
+        if n % 3 == 2:  # a fresh image now and then, loaded with pauses
+            await tb.load(tb.random_image(rng), pauses=tb.pauses(200 + n))
+
+
+def _error_cases(tb):
+    """Directed faulting (and edge) MATMULs: ``(name, fields, expected code)``."""
+    R, C, size = tb.rows, tb.cols, tb.size
+    E = ErrorCode
+    base = dict(a=0, lda=16, b=0x400, ldb=16, c=0x800, ldc=16, a_trans=0, b_trans=0, acc=0,
+                c_dtype=DType.FP32, m=R + 1, n=C + 1, k=8)
+    c_end = 0x800 + 4 * (R * 16 + C + 1)   # one past base's C
+
+    def case(name, code, **changes):
+        return name, {**base, **changes}, code
+
+    big = 0xFFFFFF
+    return [
+        case("acc into bf16", E.BAD_SHAPE, acc=1, c_dtype=DType.BF16),
+        case("acc into bf16 wins over everything", E.BAD_SHAPE, acc=1, c_dtype=DType.BF16,
+             a=1, b=big, c=3),
+        case("A odd", E.ALIGNMENT, a=1),
+        case("A odd, transposed", E.ALIGNMENT, a=3, a_trans=1, lda=R + 1),
+        case("A past the end", E.SRAM_BOUNDS, a=size - 16),
+        case("A address huge", E.SRAM_BOUNDS, a=big - 1),
+        case("A huge shape", E.SRAM_BOUNDS, m=0xFFFF, k=0xFFFF, lda=0xFFFF),
+        case("A huge K", E.SRAM_BOUNDS, k=0xFFFF),
+        case("A odd beats A past the end", E.ALIGNMENT, a=size - 15),
+        case("A empty (k = 0) at a bad address is fine", E.OK, a=big, k=0),
+        case("B odd", E.ALIGNMENT, b=0x401),
+        case("B past the end", E.SRAM_BOUNDS, b=size - 2, b_trans=1),
+        case("B huge K (A empty)", E.SRAM_BOUNDS, m=0, k=0xFFFF),
+        case("A past the end beats B odd", E.SRAM_BOUNDS, a=size, b=0x401),
+        case("C fp32 at 2 mod 4", E.ALIGNMENT, c=0x802),
+        case("C bf16 odd", E.ALIGNMENT, c=0x801, c_dtype=DType.BF16),
+        case("C bf16 at 2 mod 4 is fine", E.OK, c=0x802, c_dtype=DType.BF16),
+        case("ldc < n", E.BAD_SHAPE, ldc=C),
+        case("ldc < n with m = 1 is fine", E.OK, m=1, ldc=0),
+        case("C past the end", E.SRAM_BOUNDS, c=size - 64),
+        case("C misaligned beats ldc < n", E.ALIGNMENT, c=0x803, ldc=1),
+        case("C overlaps A", E.OPERAND_OVERLAP, c=0x20),
+        case("C overlaps B", E.OPERAND_OVERLAP, c=0x404),
+        case("C ends where A starts is fine", E.OK, a=c_end),
+        case("C overlaps A's first byte", E.OPERAND_OVERLAP, a=c_end - 2),
+        case("C overlaps B's last byte", E.OPERAND_OVERLAP, c=0x400 + 2 * (7 * 16 + C + 1) - 2,
+             c_dtype=DType.BF16),
+        case("empty C inside A overlaps", E.OPERAND_OVERLAP, c=0x10, n=0),
+        case("empty C at A's start does not overlap", E.OK, c=0, n=0),
+        case("C bounds beat overlap", E.SRAM_BOUNDS, a=size - 0x400, a_trans=1, lda=64, m=64,
+             c=size - 0x400 + 16),
+        case("K = 0 with acc leaves C alone", E.OK, k=0, acc=1),
+        case("K = 0 writes zeros", E.OK, k=0, c_dtype=DType.BF16),
+    ]
+
+
+@cocotb.test(**TIMEOUT)
+async def matmul_errors(dut):
+    """Every error path (and the edges next to them): the model's code, and SRAM unchanged by
+    a faulting command."""
+    tb = TB(dut)
+    await tb.reset()
+    rng = tb.rng(3)
+    await tb.load(tb.random_image(rng))
+    for name, f, code in _error_cases(tb):
+        expected, _ = fm_matmul(tb.image, f)
+        assert expected == code, f"{name}: the model says {expected.name}, not {code.name}"
+        before = tb.image.copy()
+        outcome = await tb.matmul(f, name)
+        if code != ErrorCode.OK:
+            assert np.array_equal(tb.image, before)
+            assert outcome.cycles < 16, f"{name}: a fault took {outcome.cycles} cycles"
+    tb.log.info("%d directed error cases match the model", len(_error_cases(tb)))
+
+
+@cocotb.test(**TIMEOUT)
+async def matmul_fuzz(dut):
+    """MATMULs with random fields (addresses anywhere in the 24-bit field, small shapes, any
+    strides): the tile's code and SRAM against the model, faulting or not."""
+    tb = TB(dut)
+    await tb.reset()
+    rng = tb.rng(4)
+    await tb.load(tb.random_image(rng))
+    codes = {}
+    for n in range(tb.command_count):
+        r = rng.random()
+        near = lambda: int(rng.integers(0, tb.size + 64))
+        f = {
+            "a": near() if r < 0.8 else int(rng.integers(0, 1 << 24)),
+            "b": near(), "c": near() if rng.random() < 0.9 else int(rng.integers(0, 1 << 24)),
+            "lda": int(rng.integers(0, 24)), "ldb": int(rng.integers(0, 24)),
+            "ldc": int(rng.integers(0, 24)),
+            "a_trans": int(rng.integers(2)), "b_trans": int(rng.integers(2)),
+            "acc": int(rng.integers(2)), "c_dtype": DType(int(rng.integers(2))),
+            "m": int(rng.integers(0, 2 * tb.rows + 2)), "n": int(rng.integers(0, 2 * tb.cols + 2)),
+            "k": int(rng.integers(0, 20)),
+        }
+        outcome = await tb.matmul(f, f"fuzz #{n}")
+        codes[outcome.error.name] = codes.get(outcome.error.name, 0) + 1
+    tb.log.info("fuzz: %d commands match the model: %s", tb.command_count, codes)
+
+
+@cocotb.test(**TIMEOUT)
+async def other_opcodes(dut):
+    """VECTOR and MASK are not implemented yet: BAD_OPCODE, SRAM unchanged, and the tile
+    takes the next command."""
+    tb = TB(dut)
+    await tb.reset()
+    rng = tb.rng(5)
+    await tb.load(tb.random_image(rng))
+    for opcode in (Opcode.VECTOR, Opcode.MASK):
+        outcome = await tb.command(opcode_payload(opcode), 100)
+        assert outcome.error == ErrorCode.BAD_OPCODE, outcome
+    await tb.check_memory("other opcodes")
+    f = random_matmul(rng, tb.rows, tb.cols, tb.size, tb.word_bytes, tb.panel_depth)
+    await tb.matmul(f, "after other opcodes")
+
+
+@cocotb.test(**TIMEOUT)
+async def reduce_random(dut):
+    """Random REDUCEs (SUM and MAX, fp32 and bf16 inputs, ragged row blocks, no columns,
+    strides, alignments), interleaved with MATMULs: each against the model, whole SRAM."""
+    tb = TB(dut)
+    await tb.reset()
+    rng = tb.rng(7)
+    await tb.load(tb.random_image(rng))
+    for n in range(tb.command_count):
+        await tb.reduce(random_reduce(rng, tb.cols, tb.size, tb.word_bytes), f"reduce #{n}")
+        if n % 8 == 7:
+            f = random_matmul(rng, tb.rows, tb.cols, tb.size, tb.word_bytes, tb.panel_depth)
+            await tb.matmul(f, f"matmul after reduce #{n}")
+
+
+def _reduce_error_cases(tb):
+    """Directed REDUCEs: ``(name, fields, expected code)``."""
+    C, size, E = tb.cols, tb.size, ErrorCode
+    base = dict(op=RedOp.SUM, dst=0x800, a=0, lda=12, a_dtype=DType.FP32, rows=C + 1, cols=10)
+    a_end = 4 * (C * 12 + 10)
+
+    def case(name, code, **changes):
+        return name, {**base, **changes}, code
+
+    return [
+        case("a fp32 at 2 mod 4", E.ALIGNMENT, a=2),
+        case("a bf16 odd", E.ALIGNMENT, a=1, a_dtype=DType.BF16),
+        case("a bf16 at 2 mod 4 is fine", E.OK, a=2, a_dtype=DType.BF16),
+        case("a past the end", E.SRAM_BOUNDS, a=size - 16),
+        case("a huge", E.SRAM_BOUNDS, rows=0xFFFF, lda=0xFFFF),
+        case("a odd beats dst misaligned", E.ALIGNMENT, a=1, dst=2),
+        case("a empty (no columns) at a bad address is fine", E.OK, a=0xFFFFFF, cols=0),
+        case("dst at 2 mod 4", E.ALIGNMENT, dst=0x802),
+        case("dst past the end", E.SRAM_BOUNDS, dst=size - 4),
+        case("dst huge address", E.SRAM_BOUNDS, dst=0xFFFFFC),
+        case("dst overlaps a", E.OPERAND_OVERLAP, dst=a_end - 4),
+        case("dst ends where a starts is fine", E.OK, a=0x800 + 4 * (C + 1)),
+        case("dst bounds beat overlap", E.SRAM_BOUNDS, a=size - 0x200, dst=size - 8),
+        case("no rows: nothing", E.OK, rows=0, dst=0xFFFFFF),
+        case("no columns: SUM gives +0", E.OK, cols=0),
+        case("no columns: MAX gives -inf", E.OK, cols=0, op=RedOp.MAX),
+        case("rows read twice (lda 0)", E.OK, lda=0, op=RedOp.MAX),
+    ]
+
+
+@cocotb.test(**TIMEOUT)
+async def reduce_errors(dut):
+    """Every REDUCE error path and the edges next to them: the model's code, SRAM unchanged
+    by a faulting command; then REDUCEs with random fields."""
+    tb = TB(dut)
+    await tb.reset()
+    rng = tb.rng(8)
+    await tb.load(tb.random_image(rng))
+    for name, f, code in _reduce_error_cases(tb):
+        expected, _ = fm_matmul(tb.image, f, compute.reduce)
+        assert expected == code, f"{name}: the model says {expected.name}, not {code.name}"
+        outcome = await tb.reduce(f, name)
+        if code != ErrorCode.OK:
+            assert outcome.cycles < 16, f"{name}: a fault took {outcome.cycles} cycles"
+    for n in range(tb.command_count // 2):
+        near = lambda: int(rng.integers(0, tb.size + 64))
+        f = {"op": RedOp(int(rng.integers(2))), "a_dtype": DType(int(rng.integers(2))),
+             "a": near() if rng.random() < 0.9 else int(rng.integers(0, 1 << 24)),
+             "dst": near() if rng.random() < 0.9 else int(rng.integers(0, 1 << 24)),
+             "lda": int(rng.integers(0, 24)), "rows": int(rng.integers(0, 3 * tb.cols)),
+             "cols": int(rng.integers(0, 24))}
+        await tb.reduce(f, f"reduce fuzz #{n}")
+
+
+def timing_shapes(rows, cols, sram_bytes, panel_depth):
+    """``(name, fields)`` of SRAM-resident MATMULs for the cycle report: M, N, K from one tile
+    up to 8x the array, every layout, acc, bf16 C, and K past the panel buffer (both operands
+    streamed) where that fits in SRAM."""
+    shapes = []
+    R, C = rows, cols
+
+    def add(name, m, n, k, *, a_trans=0, b_trans=0, acc=0, c_dtype=DType.FP32):
+        a_rows, a_cols = (k, m) if a_trans else (m, k)
+        b_rows, b_cols = (n, k) if b_trans else (k, n)
+        a = 0
+        b = a + 2 * a_rows * a_cols
+        b += -b % 64
+        c = b + 2 * b_rows * b_cols
+        c += -c % 64
+        if c + (2 if c_dtype == DType.BF16 else 4) * m * n > sram_bytes:
+            return
+        shapes.append((name, dict(a=a, lda=a_cols, b=b, ldb=b_cols, c=c, ldc=n, a_trans=a_trans,
+                                  b_trans=b_trans, acc=acc, c_dtype=c_dtype, m=m, n=n, k=k)))
+
+    add("one tile, K = R", R, C, R)
+    add("one tile, K = 4R", R, C, 4 * R)
+    for at, bt in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        add(f"4x array, A{'T' if at else ''} B{'T' if bt else ''}", 4 * R, 4 * C, 4 * R,
+            a_trans=at, b_trans=bt)
+    add("4x array, acc", 4 * R, 4 * C, 4 * R, acc=1)
+    add("4x array, bf16 C", 4 * R, 4 * C, 4 * R, c_dtype=DType.BF16)
+    add("4x array, K = 8R", 4 * R, 4 * C, 8 * R)
+    add("ragged 4x+1", 4 * R + 1, 4 * C + 1, 4 * R + 1)
+    add("8x array, bf16 C", 8 * R, 8 * C, 8 * R, c_dtype=DType.BF16)
+    add("8x array, AT B, bf16 C", 8 * R, 8 * C, 8 * R, a_trans=1, c_dtype=DType.BF16)
+    add(f"K > panel ({panel_depth}), streamed", 4 * R, 4 * C, panel_depth + 4)
+    return shapes
+
+
+def reduce_timing_shapes(lanes, sram_bytes):
+    """``(name, fields)`` of REDUCEs for the cycle report (dense rows, 64-byte aligned)."""
+    shapes = []
+    for rows, cols, dtype, op in ((lanes, 8, DType.FP32, RedOp.SUM),
+                                  (4 * lanes, 64, DType.FP32, RedOp.SUM),
+                                  (4 * lanes, 64, DType.BF16, RedOp.MAX),
+                                  (4 * lanes, 256, DType.BF16, RedOp.SUM)):
+        es = 4 if dtype == DType.FP32 else 2
+        dst = rows * cols * es
+        dst += -dst % 64
+        if dst + 4 * rows <= sram_bytes:
+            shapes.append((f"REDUCE {op.name} {'bf16' if es == 2 else 'fp32'}",
+                           dict(op=op, dst=dst, a=0, lda=cols, a_dtype=dtype, rows=rows,
+                                cols=cols)))
+    return shapes
+
+
+@cocotb.test(**TIMEOUT)
+async def matmul_timing(dut):
+    """Cycles per command for a set of SRAM-resident shapes, against the functional model's
+    estimate (``timing.compute_cycles``), and utilisation: M N K / (R C) / cycles for MATMUL,
+    rows cols / lanes / cycles for REDUCE. The results are checked bit for bit like every
+    other command."""
+    tb = TB(dut)
+    await tb.reset()
+    rng = tb.rng(6)
+    await tb.load(tb.random_image(rng))
+    rows = []
+    for name, f in timing_shapes(tb.rows, tb.cols, tb.size, tb.panel_depth):
+        outcome = await tb.matmul(f, name)
+        assert outcome.error == ErrorCode.OK
+        ideal = f["m"] * f["n"] * f["k"] / (tb.rows * tb.cols)
+        model = timing.compute_cycles(tb.params, "MATMUL", f)
+        rows.append(dict(name=name, m=f["m"], n=f["n"], k=f["k"], cycles=outcome.cycles,
+                         model=model, utilisation=ideal / outcome.cycles,
+                         ratio=outcome.cycles / model))
+        tb.log.info("%-26s M=%3d N=%3d K=%3d: %6d cycles (model %6d, x%.2f), utilisation "
+                    "%.1f %%", name, f["m"], f["n"], f["k"], outcome.cycles, model,
+                    outcome.cycles / model, 100 * ideal / outcome.cycles)
+    for name, f in reduce_timing_shapes(tb.cols, tb.size):
+        outcome = await tb.reduce(f, name)
+        assert outcome.error == ErrorCode.OK
+        ideal = f["rows"] * f["cols"] / tb.cols
+        model = timing.compute_cycles(tb.params, "REDUCE", f)
+        rows.append(dict(name=name, m=f["rows"], n=1, k=f["cols"], cycles=outcome.cycles,
+                         model=model, utilisation=ideal / outcome.cycles,
+                         ratio=outcome.cycles / model))
+        tb.log.info("%-26s rows=%3d cols=%3d: %6d cycles (model %6d, x%.2f), lane "
+                    "utilisation %.1f %%", name, f["rows"], f["cols"], outcome.cycles, model,
+                    outcome.cycles / model, 100 * ideal / outcome.cycles)
+    report = os.environ.get("NE_TILE_REPORT")
+    if report:
+        Path(report).write_text(json.dumps({"params": tb.params.as_dict(), "shapes": rows},
+                                           indent=1))
