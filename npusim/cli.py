@@ -19,37 +19,38 @@ def _int(text):
     return int(text, 0)
 
 
-def _parse_image(text):
-    """``DEV:SPACE:ADDR=FILE`` -> (dev, space, addr, path); DEV defaults to 0."""
-    spec, _, path = text.partition("=")
+def _split_spec(text, n_fields, usage):
+    """``[DEV:]F1:...:Fn=RHS`` -> (device, [F1, ..., Fn], RHS); DEV defaults to 0."""
+    spec, _, rhs = text.partition("=")
     parts = spec.split(":")
-    if not path or len(parts) not in (2, 3):
-        raise argparse.ArgumentTypeError(f"expected [DEV:]SPACE:ADDR=FILE, got {text!r}")
-    dev = int(parts[0]) if len(parts) == 3 else 0
-    space, addr = parts[-2].lower(), _int(parts[-1])
-    if space not in ("dram", "sram"):
-        raise argparse.ArgumentTypeError(f"space must be dram or sram, got {space!r}")
-    return dev, space, addr, path
+    if not rhs or len(parts) not in (n_fields, n_fields + 1):
+        raise argparse.ArgumentTypeError(f"expected {usage}, got {text!r}")
+    dev = int(parts[0]) if len(parts) == n_fields + 1 else 0
+    return dev, parts[-n_fields:], rhs
+
+
+def _space(text):
+    if text.lower() not in ("dram", "sram"):
+        raise argparse.ArgumentTypeError(f"space must be dram or sram, got {text!r}")
+    return text.lower()
+
+
+def _parse_image(text):
+    """``[DEV:]SPACE:ADDR=FILE`` -> (dev, space, addr, path)."""
+    dev, (space, addr), path = _split_spec(text, 2, "[DEV:]SPACE:ADDR=FILE")
+    return dev, _space(space), _int(addr), path
 
 
 def _parse_dump(text):
-    """``DEV:SPACE:ADDR:LEN=FILE``."""
-    spec, _, path = text.partition("=")
-    parts = spec.split(":")
-    if not path or len(parts) not in (3, 4):
-        raise argparse.ArgumentTypeError(f"expected [DEV:]SPACE:ADDR:LEN=FILE, got {text!r}")
-    dev = int(parts[0]) if len(parts) == 4 else 0
-    return dev, parts[-3].lower(), _int(parts[-2]), _int(parts[-1]), path
+    """``[DEV:]SPACE:ADDR:LEN=FILE`` -> (dev, space, addr, length, path)."""
+    dev, (space, addr, length), path = _split_spec(text, 3, "[DEV:]SPACE:ADDR:LEN=FILE")
+    return dev, _space(space), _int(addr), _int(length), path
 
 
 def _parse_reg(text):
-    """``[DEV:]R=VALUE``."""
-    spec, _, value = text.partition("=")
-    parts = spec.split(":")
-    if not value or len(parts) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"expected [DEV:]REG=VALUE, got {text!r}")
-    dev = int(parts[0]) if len(parts) == 2 else 0
-    return dev, int(parts[-1].lstrip("rR")), _int(value)
+    """``[DEV:]REG=VALUE`` -> (dev, register index, value)."""
+    dev, (reg,), value = _split_spec(text, 1, "[DEV:]REG=VALUE")
+    return dev, int(reg.lstrip("rR")), _int(value)
 
 
 def cmd_disasm(args):

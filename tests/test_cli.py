@@ -69,6 +69,17 @@ def test_run_loads_computes_and_dumps(tmp_path):
     assert "simulated" in out
 
 
+@pytest.mark.parametrize("option,value,message", [
+    ("--dump", "xram:0:4=out.bin", "space must be dram or sram"),
+    ("--load", "dram=x.bin", "expected [DEV:]SPACE:ADDR=FILE"),
+    ("--reg", "1:2:r3=4", "expected [DEV:]REG=VALUE"),
+])
+def test_run_rejects_malformed_options(tmp_path, option, value, message):
+    (tmp_path / "s.npus").write_bytes(encode_stream([Command("NOP")]))
+    proc = npusim("run", tmp_path / "s.npus", option, value, check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
 def test_run_reports_a_device_fault(tmp_path):
     stream = encode_stream([Command("DMA_COPY", engine=Engine.DMA_IN, src_off=2,
                                     dst_space=Space.SRAM, len=4, n1=1, n2=1)])
