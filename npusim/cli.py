@@ -92,7 +92,11 @@ def cmd_run(args):
     system = System(n)
     for dev, space, addr, path in args.load:
         mem = system.devices[dev].dram if space == "dram" else system.devices[dev].sram
-        mem.write(addr, np.fromfile(path, np.uint8))
+        try:
+            mem.write(addr, np.fromfile(path, np.uint8))
+        except OSError as e:
+            print(f"npusim run: --load {path}: {e.strerror or e}", file=sys.stderr)
+            return 2
     regs = {}
     for dev, r, value in args.reg:
         regs.setdefault(dev, {})[r] = value

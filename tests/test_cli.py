@@ -73,10 +73,12 @@ def test_run_loads_computes_and_dumps(tmp_path):
     ("--dump", "xram:0:4=out.bin", "space must be dram or sram"),
     ("--load", "dram=x.bin", "expected [DEV:]SPACE:ADDR=FILE"),
     ("--reg", "1:2:r3=4", "expected [DEV:]REG=VALUE"),
+    ("--load", "dram:0=missing.bin", "No such file"),
 ])
 def test_run_rejects_malformed_options(tmp_path, option, value, message):
     (tmp_path / "s.npus").write_bytes(encode_stream([Command("NOP")]))
-    proc = npusim("run", tmp_path / "s.npus", option, value, check=False)
+    proc = npusim("run", tmp_path / "s.npus", option, value.replace("missing", str(tmp_path / "missing")),
+                  check=False)
     assert proc.returncode == 2 and message in proc.stderr
 
 
