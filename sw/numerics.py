@@ -19,10 +19,10 @@ FPU does not flush them: :func:`check_fpu` proves that, and runs at import.
 import numpy as np
 
 from npusim.firmware.microcode import INPUT_REG, NUM_REGS, PROGRAMS, RESULT_REG, Imm
-from npusim.sw.isa.enums import VectorOp
+from npusim.sw.isa.enums import RedOp, VectorOp
 
 __all__ = [
-    "CANONICAL_NAN", "BF16_CANONICAL_NAN", "check_fpu",
+    "CANONICAL_NAN", "BF16_CANONICAL_NAN", "NEG_INF", "REDUCE_IDENTITY", "OPERANDS", "check_fpu",
     "bf16_to_fp32", "fp32_to_bf16", "bf16_mul", "matmul_bf16",
     "fp32_add", "fp32_sub", "fp32_mul", "fp32_max", "fp32_min",
     "fp32_lt", "fp32_le", "fp32_eq", "select",
@@ -33,6 +33,9 @@ __all__ = [
 
 CANONICAL_NAN = 0x7FC00000
 BF16_CANONICAL_NAN = 0x7FC0
+NEG_INF = 0xFF800000
+#: Starting value of a row reduction (the REDUCE command), by ``RedOp``.
+REDUCE_IDENTITY = {RedOp.SUM: 0x00000000, RedOp.MAX: NEG_INF}
 
 _ABS_MASK = np.uint32(0x7FFFFFFF)
 _INF = np.uint32(0x7F800000)
@@ -254,6 +257,11 @@ PRIMITIVE_OPS = {
     VectorOp.MOV: mov,
 }
 """Golden function of every primitive vector op, called with its operands ``(a[, b[, c]])``."""
+
+#: How many operands (a, b, c) each vector op reads: microcoded ops and conversions take ``a``
+#: only, SELECT takes all three.
+OPERANDS = {op: 1 if op in PROGRAMS else PRIMITIVE_OPS[op].__code__.co_argcount
+            for op in VectorOp}
 
 
 # --- vector unit -------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ scratchpad words their sequence moves into, and a request for a word serves ever
 wants the same word. See ``docs/hw/ne_tile.md`` ("Operand streams").
 """
 
+import operator
+from functools import reduce
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
@@ -225,7 +228,7 @@ class OperandStream(wiring.Component):
             hungry.append(starving)
             words.append(word)
             done.append((left == 0) | ((left == 1) & granted[l]))
-        m.d.comb += all_scanned.eq(_all(done))
+        m.d.comb += all_scanned.eq(reduce(operator.and_, done))
 
         # One request per cycle: the lowest lane whose queue is empty (so that every lane gets
         # its first word before any gets a second), else the lowest lane with one pending. The
@@ -235,12 +238,12 @@ class OperandStream(wiring.Component):
             with m.If(pending[l]):
                 m.d.comb += chosen.eq(words[l])
         any_hungry = Signal()
-        m.d.comb += any_hungry.eq(_any(hungry))
+        m.d.comb += any_hungry.eq(reduce(operator.or_, hungry))
         with m.If(any_hungry):
             for l in reversed(range(lanes)):
                 with m.If(hungry[l]):
                     m.d.comb += chosen.eq(words[l])
-        m.d.comb += [self.req.valid.eq(_any(pending)), self.req.payload.eq(chosen),
+        m.d.comb += [self.req.valid.eq(reduce(operator.or_, pending)), self.req.payload.eq(chosen),
                      self.urgent.eq(any_hungry)]
         for l in range(lanes):
             m.d.comb += granted[l].eq(pending[l] & self.req.ready & (words[l] == chosen))
@@ -297,21 +300,7 @@ class OperandStream(wiring.Component):
                 m.d.sync += addr.eq(addr_next)
             have.append(~on | queue.r_rdy)
         m.d.comb += [
-            self.o.valid.eq(active & _all(have)),
+            self.o.valid.eq(active & reduce(operator.and_, have)),
             self.busy.eq(scan_active | active | segments.r_rdy),
         ]
         return m
-
-
-def _all(values):
-    total = values[0]
-    for v in values[1:]:
-        total = total & v
-    return total
-
-
-def _any(values):
-    total = values[0]
-    for v in values[1:]:
-        total = total | v
-    return total

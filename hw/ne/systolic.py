@@ -9,6 +9,9 @@ to the right along the rows, ``b`` down the columns, skewed so that PE ``(i, j)`
 and a de-skew line while the next tile computes. See ``docs/hw/systolic.md``.
 """
 
+import operator
+from functools import reduce
+
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
@@ -366,7 +369,7 @@ class SystolicArray(wiring.Component):
             valid = Signal(name=f"col_valid{j}")
             result_terms = [pe[i][j].result for i in range(rows)]
             valid_terms = [pe[i][j].result_valid for i in range(rows)]
-            m.d.comb += [result.eq(_or_all(result_terms)), valid.eq(_or_all(valid_terms))]
+            m.d.comb += [result.eq(reduce(operator.or_, result_terms)), valid.eq(reduce(operator.or_, valid_terms))]
             col_result.append(result)
             col_valid.append(valid)
         # Column j is j cycles ahead of the last column: delay it by cols - 1 - j.
@@ -381,11 +384,3 @@ class SystolicArray(wiring.Component):
             result_queue.w_en.eq(advance & row_out_valid),
         ]
         return m
-
-
-def _or_all(values):
-    """The bitwise OR of ``values`` (a non-empty list of same-width values)."""
-    total = values[0]
-    for value in values[1:]:
-        total = total | value
-    return total

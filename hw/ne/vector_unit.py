@@ -16,6 +16,7 @@ from amaranth.lib.wiring import In, Out
 
 from ...firmware.microcode import INPUT_REG, NUM_REGS, PROGRAMS, RESULT_REG, Imm, Reg
 from ...sw.isa.enums import RedOp
+from ...sw.numerics import REDUCE_IDENTITY
 from ..isa import amaranth_enum
 from ..refuse import refuse
 from .vector_alu import VectorAlu, VectorOpShape
@@ -27,9 +28,6 @@ __all__ = [
 
 #: The Amaranth enum of :class:`~npusim.sw.isa.enums.RedOp` (1 bit).
 RedOpShape = amaranth_enum(RedOp)
-
-#: fp32 identities the reductions start from: +0 for SUM, -inf for MAX.
-REDUCE_IDENTITY = {RedOp.SUM: 0x0000_0000, RedOp.MAX: 0xFF80_0000}
 
 
 class Mode(enum.Enum, shape=1):

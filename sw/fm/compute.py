@@ -12,12 +12,9 @@ from .. import numerics as nx
 from ..isa.enums import DType, ErrorCode, RedOp, VBMode, VectorOp
 from .fault import DeviceFault
 
-__all__ = ["matmul", "vector", "reduce", "mask", "NEG_INF"]
+__all__ = ["matmul", "vector", "reduce", "mask"]
 
-NEG_INF = 0xFF800000
 _DTYPE = {DType.FP32: np.dtype("<u4"), DType.BF16: np.dtype("<u2")}
-_UNARY = {VectorOp.MOV, VectorOp.EXP, VectorOp.RECIP, VectorOp.RSQRT, VectorOp.SILU,
-          VectorOp.F2I, VectorOp.I2F, VectorOp.RND_BF16}
 
 
 class _Tile:
@@ -96,7 +93,7 @@ def vector(sram, c):
     ta = _Tile(sram, c["a"], rows, cols, c["lda"], c["a_dtype"], "a")
     td = _Tile(sram, c["dst"], rows, cols, c["ldd"], c["d_dtype"], "dst", write=True)
     b = c_ = None
-    if op not in _UNARY:
+    if nx.OPERANDS[op] > 1:
         mode = VBMode(c["b_mode"])
         if mode == VBMode.IMM:
             b = np.full((rows, cols), c["imm"], np.uint32)
@@ -125,10 +122,8 @@ def reduce(sram, c):
     if rows == 0:
         return
     a = ta.load_fp32()
-    if c["op"] == RedOp.SUM:
-        acc, step = np.zeros(rows, np.uint32), nx.fp32_add
-    else:
-        acc, step = np.full(rows, NEG_INF, np.uint32), nx.fp32_max
+    acc = np.full(rows, nx.REDUCE_IDENTITY[RedOp(c["op"])], np.uint32)
+    step = nx.fp32_add if c["op"] == RedOp.SUM else nx.fp32_max
     for j in range(cols):
         acc = step(acc, a[:, j])
     td.store_fp32(acc[None, :])
@@ -148,4 +143,4 @@ def mask(sram, c):
         masked = masked | (kpos > q)
     if c["window"]:
         masked = masked | (kpos <= q - c["window"])
-    td.store_fp32(np.where(masked, np.uint32(NEG_INF), ta.load_fp32()))
+    td.store_fp32(np.where(masked, np.uint32(nx.NEG_INF), ta.load_fp32()))

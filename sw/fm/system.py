@@ -99,15 +99,16 @@ class System:
                     return kind, d, local
         return None
 
-    def link_up_at(self, addr):
-        hit = self._decode(addr, 1)
-        return hit is None or hit[1] is None or self.devices[hit[1]].link_up
+    def _check_link(self, requester, hit, addr):
+        """LINK_TIMEOUT when the requester's link, or the target device's, is down."""
+        target_down = hit is not None and hit[1] is not None and not self.devices[hit[1]].link_up
+        if not requester.link_up or target_down:
+            raise DeviceFault(ErrorCode.LINK_TIMEOUT, f"link down on the way to {addr:#x}")
 
     def bus_target(self, requester, addr, n):
         """Memory object and local address of a DMA's link-space range."""
         hit = self._decode(addr, n)
-        if not requester.link_up or (hit and hit[1] is not None and not self.devices[hit[1]].link_up):
-            raise DeviceFault(ErrorCode.LINK_TIMEOUT, f"link down on the way to {addr:#x}")
+        self._check_link(requester, hit, addr)
         if hit is None or hit[0] not in ("host", "dram"):
             raise DeviceFault(ErrorCode.LINK_UNSUPPORTED,
                               f"no memory at bus [{addr:#x}, {addr + n:#x})")
@@ -117,8 +118,7 @@ class System:
     def post_write(self, requester, addr, data):
         """A posted write (remote semaphore increment, MSI) arriving after the link latency."""
         hit = self._decode(addr, len(data))
-        if not requester.link_up or (hit and hit[1] is not None and not self.devices[hit[1]].link_up):
-            raise DeviceFault(ErrorCode.LINK_TIMEOUT, f"link down on the way to {addr:#x}")
+        self._check_link(requester, hit, addr)
         if hit is None:
             raise DeviceFault(ErrorCode.LINK_UNSUPPORTED, f"no target at bus address {addr:#x}")
         kind, d, local = hit

@@ -47,8 +47,7 @@ def compute_cycles(p, name, c):
         tiles = ceil(c["m"] / p.array_rows) * ceil(c["n"] / p.array_cols)
         return tiles * (c["k"] + p.matmul_tile_overhead) if tiles else p.vector_overhead
     if name == "VECTOR":
-        op = VectorOp(c["op"])
-        uops = microcode_length(op) if op >= VectorOp.EXP else 1
+        uops = microcode_length(VectorOp(c["op"]))
         return c["rows"] * ceil(c["cols"] / p.vector_lanes) * uops + p.vector_overhead
     if name == "REDUCE":
         return ceil(c["rows"] / p.vector_lanes) * c["cols"] + p.vector_overhead

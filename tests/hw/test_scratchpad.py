@@ -10,7 +10,8 @@ from npusim.hw.ne.scratchpad import Scratchpad
 
 
 def simulate(dut, cycles, seed, p_compute=0.7, p_dma=0.7):
-    """Drive random traffic for ``cycles`` cycles; return (stall counts, conflicts seen)."""
+    """Drive random traffic for ``cycles`` cycles, checking every response and ``ready``;
+    returns counts of reads, writes and DMA stalls."""
     rng = random.Random(seed)
     words, word_bytes = dut.words, dut.word_bytes
     model = {}
@@ -20,7 +21,6 @@ def simulate(dut, cycles, seed, p_compute=0.7, p_dma=0.7):
         return addr // dut.bank_words
 
     async def bench(ctx):
-        pending = {"compute": None, "dma": None}  # expected data of last cycle's granted read
         for _ in range(cycles):
             reqs = {}
             for name, p in (("compute", p_compute), ("dma", p_dma)):
