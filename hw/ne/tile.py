@@ -37,6 +37,11 @@ done_layout = data.StructLayout({"error": ErrorShape, "cycles": 32})
 _MATMUL = resolved_layout("MATMUL")
 
 
+#: Vectors a panel being written must hold beyond the feed's position for its producer's
+#: requests to stop being urgent (a request takes about this long to reach the panel).
+_PANEL_RUNWAY = 4
+
+
 def _log2(value):
     return value.bit_length() - 1
 
@@ -52,17 +57,21 @@ def _to_bf16(f):
 
 
 class _Walker:
-    """One position in the tile sequence of a MATMUL: an output tile ``(ti, tj)`` and, for the
-    C reader and writer, a row of that tile.
+    """One position in the tile sequence of a MATMUL: an output tile ``(ti, tj)``, its place
+    in its group and line, and, for the C reader and writer, a row of that tile.
 
-    Tiles go line by line: with ``cfg.outer_b`` a line is a column of tiles (``ti`` moves
-    fastest, B's panel is the one reused), otherwise a row of tiles (``tj`` fastest, A's
-    panel reused). Each consumer of the sequence (operand issue, C reader, C writer) owns a
-    walker, so each runs ahead of the others as far as its buffers allow.
+    Tiles go line by line. With ``cfg.outer_b`` a line is a column of tiles (``ti`` moves
+    fastest, B's panel is the one reused), otherwise a row of tiles (``tj`` fastest, A's panel
+    reused). In group mode (``cfg.group``) B's vectors are ``G`` column tiles wide and serve a
+    *group* of up to ``G`` tiles side by side: a column line then walks groups, ``tj`` moving
+    within the group before ``ti`` moves (so the inner A segment serves the whole group),
+    and a row line's groups are simply its consecutive tiles. Each consumer of the sequence
+    (operand issue, feed, C reader, C writer) owns a walker, so each runs ahead of the others
+    as far as its buffers allow.
     """
 
-    def __init__(self, m, name, tile, *, aw):
-        R, C = tile.rows, tile.cols
+    def __init__(self, m, name, tile, *, aw, group_size):
+        R, C, G = tile.rows, tile.cols, group_size
         cfg = tile.cfg
         self.rows_left = Signal(16, name=f"{name}_rows_left")   # M - i0
         self.cols_left = Signal(16, name=f"{name}_cols_left")   # N - j0
@@ -70,6 +79,10 @@ class _Walker:
         self.b_base = Signal(aw, name=f"{name}_b_base")          # B[0][j0]
         self.c_base = Signal(aw, name=f"{name}_c_base")          # C[i0][j0]
         self.c_line = Signal(aw, name=f"{name}_c_line")          # C of the line's first tile
+        self.c_group = Signal(aw, name=f"{name}_c_group")        # C of the group's first tile
+        self.group_cols = Signal(16, name=f"{name}_group_cols")  # cols_left of the group's first
+        self.group_b = Signal(aw, name=f"{name}_group_b")        # b_base of the group's first
+        self.group_tile = Signal(range(G), name=f"{name}_group_tile")
         self.line_start = Signal(name=f"{name}_line_start")      # the line's first tile
         self.row = Signal(range(R), name=f"{name}_row")
         self.row_addr = Signal(aw, name=f"{name}_row_addr")      # C[i0 + row][j0]
@@ -77,14 +90,21 @@ class _Walker:
         self.rows_valid = Signal(range(R + 1), name=f"{name}_rows_valid")
         self.cols_valid = Signal(range(C + 1), name=f"{name}_cols_valid")
         self.last_tile = Signal(name=f"{name}_last_tile")
+        self.group_end = Signal(name=f"{name}_group_end")        # the group's last tile
+        self.line_end = Signal(name=f"{name}_line_end")          # the line's last tile
         self.row_valid = Signal(name=f"{name}_row_valid")
         self.next_tile = Signal(name=f"{name}_next_tile")
         self.next_row = Signal(name=f"{name}_next_row")
+        column_group = Signal(name=f"{name}_column_group")  # a column line walks groups
         m.d.comb += [
             self.rows_valid.eq(Mux(self.rows_left > R, R, self.rows_left)),
             self.cols_valid.eq(Mux(self.cols_left > C, C, self.cols_left)),
             self.last_tile.eq((self.rows_left <= R) & (self.cols_left <= C)),
             self.row_valid.eq(self.row < self.rows_valid),
+            column_group.eq(cfg.outer_b & cfg.group),
+            self.group_end.eq(~cfg.group | (self.group_tile == G - 1) | (self.cols_left <= C)),
+            self.line_end.eq(Mux(cfg.outer_b, (self.rows_left <= R) & self.group_end,
+                                 self.cols_left <= C)),
         ]
         new_c_base = Signal(aw, name=f"{name}_new_c_base")
         tile_step = Signal(name=f"{name}_tile_step")
@@ -97,28 +117,43 @@ class _Walker:
             m.d.sync += [
                 self.rows_left.eq(cfg.m), self.cols_left.eq(cfg.n),
                 self.a_base.eq(cfg.a), self.b_base.eq(cfg.b),
-                self.c_base.eq(cfg.c), self.c_line.eq(cfg.c), self.row_addr.eq(cfg.c),
+                self.c_base.eq(cfg.c), self.c_line.eq(cfg.c), self.c_group.eq(cfg.c),
+                self.group_cols.eq(cfg.n), self.group_b.eq(cfg.b), self.row_addr.eq(cfg.c),
                 self.row.eq(0), self.finished.eq(0), self.line_start.eq(1),
+                self.group_tile.eq(0),
             ]
         with m.Elif(tile_step):
             with m.If(self.last_tile):
                 m.d.sync += self.finished.eq(1)
-            with m.If(cfg.outer_b):       # down a column of tiles, then the next column
-                with m.If(self.rows_left > R):
-                    m.d.comb += new_c_base.eq(self.c_base + cfg.c_ti_step)
-                    m.d.sync += [*down, self.line_start.eq(0)]
-                with m.Else():
-                    m.d.comb += new_c_base.eq(self.c_line + cfg.c_tj_step)
-                    m.d.sync += [*right, self.rows_left.eq(cfg.m), self.a_base.eq(cfg.a),
-                                 self.c_line.eq(new_c_base), self.line_start.eq(1)]
-            with m.Else():                # along a row of tiles, then the next row
-                with m.If(self.cols_left > C):
-                    m.d.comb += new_c_base.eq(self.c_base + cfg.c_tj_step)
-                    m.d.sync += [*right, self.line_start.eq(0)]
-                with m.Else():
-                    m.d.comb += new_c_base.eq(self.c_line + cfg.c_ti_step)
-                    m.d.sync += [*down, self.cols_left.eq(cfg.n), self.b_base.eq(cfg.b),
-                                 self.c_line.eq(new_c_base), self.line_start.eq(1)]
+            m.d.sync += [self.group_tile.eq(Mux(self.group_end, 0, self.group_tile + 1)),
+                         self.line_start.eq(0)]
+            with m.If(column_group & ~self.group_end):
+                # the next tile of the group, to the right
+                m.d.comb += new_c_base.eq(self.c_base + cfg.c_tj_step)
+                m.d.sync += right
+            with m.Elif(cfg.outer_b & (self.rows_left > R)):
+                # down the column line, back to the group's first column
+                m.d.comb += new_c_base.eq(self.c_group + cfg.c_ti_step)
+                m.d.sync += [*down, self.c_group.eq(new_c_base),
+                             self.cols_left.eq(self.group_cols), self.b_base.eq(self.group_b)]
+            with m.Elif(cfg.outer_b):
+                # the next column line: right of this tile, back to the top
+                m.d.comb += new_c_base.eq(self.c_line + (self.c_base - self.c_group)
+                                          + cfg.c_tj_step)
+                m.d.sync += [*right, self.rows_left.eq(cfg.m), self.a_base.eq(cfg.a),
+                             self.c_line.eq(new_c_base), self.c_group.eq(new_c_base),
+                             self.group_cols.eq(self.cols_left - C),
+                             self.group_b.eq(self.b_base + cfg.b_tile_step),
+                             self.line_start.eq(1)]
+            with m.Elif(self.cols_left > C):
+                # along the row line
+                m.d.comb += new_c_base.eq(self.c_base + cfg.c_tj_step)
+                m.d.sync += right
+            with m.Else():
+                # the next row line
+                m.d.comb += new_c_base.eq(self.c_line + cfg.c_ti_step)
+                m.d.sync += [*down, self.cols_left.eq(cfg.n), self.b_base.eq(cfg.b),
+                             self.c_line.eq(new_c_base), self.line_start.eq(1)]
             m.d.sync += [self.c_base.eq(new_c_base), self.row_addr.eq(new_c_base),
                          self.row.eq(0)]
         with m.Elif(self.next_row):
@@ -142,6 +177,7 @@ class _Panel:
         self.ready = Signal(name=f"{name}_ready")
         self.data = Signal(width, name=f"{name}_data")
         self.release = Signal(name=f"{name}_release")
+        self.short = Signal(name=f"{name}_short")   # the feed is about to wait for a write
         m.submodules[f"{name}_panel"] = mem = memory.Memory(shape=width, depth=2 * depth,
                                                             init=[])
         wr = mem.write_port()
@@ -158,6 +194,7 @@ class _Panel:
             rd.addr.eq(Cat(self.read_k, read_bank)),
             self.data.eq(rd.data),
             self.ready.eq((ahead != 0) | (self.read_k < write_k)),
+            self.short.eq((ahead == 0) & (write_k < self.read_k + _PANEL_RUNWAY)),
         ]
         with m.If(start):
             m.d.sync += [write_k.eq(0), write_bank.eq(0), read_bank.eq(0), ahead.eq(0)]
@@ -376,28 +413,30 @@ class NeTile(wiring.Component):
                 m.d.comb += first_error.eq(code)
 
         # -- Walkers -----------------------------------------------------------------------------
-        issue = _Walker(m, "issue", tile, aw=aw)
-        init = _Walker(m, "init", tile, aw=aw)
-        write = _Walker(m, "write", tile, aw=aw)
+        issue = _Walker(m, "issue", tile, aw=aw, group_size=G)
+        init = _Walker(m, "init", tile, aw=aw, group_size=G)
+        write = _Walker(m, "write", tile, aw=aw, group_size=G)
+        feeder = _Walker(m, "feed", tile, aw=aw, group_size=G)
         running = Signal()
 
         # -- Operand issue ---------------------------------------------------------------------
-        # The inner operand (A when B is outer) gets one segment per output tile. The outer
-        # one gets one segment per line of tiles in panel mode (its vectors are kept in the
-        # panel buffer and replayed for every tile of the line), else one per tile.
+        # The outer operand gets one segment per line of tiles in panel mode (its vectors are
+        # kept in the outer panel and replayed for every tile of the line), else one per
+        # tile; the inner one one per group in group mode (kept in the inner panel and
+        # replayed for the group's tiles), else one per tile.
         a_sent = Signal()
         b_sent = Signal()
-        issue_group_tile = Signal(range(G))
         issuing = Signal()
         a_needed = Signal()
         b_needed = Signal()
         outer_needed = Signal()
+        inner_needed = Signal()
         m.d.comb += [
             issuing.eq(running & ~issue.finished),
             outer_needed.eq(~cfg.panel | issue.line_start),
-            a_needed.eq(cfg.outer_b | outer_needed),
-            b_needed.eq(Mux(cfg.outer_b, outer_needed,
-                            ~cfg.group | (issue_group_tile == 0))),
+            inner_needed.eq(~cfg.group | (issue.group_tile == 0)),
+            a_needed.eq(Mux(cfg.outer_b, inner_needed, outer_needed)),
+            b_needed.eq(Mux(cfg.outer_b, outer_needed, inner_needed)),
         ]
         a_cfg, b_cfg = a_stream.config, b_stream.config
         m.d.comb += [
@@ -426,36 +465,29 @@ class NeTile(wiring.Component):
                      issue.next_tile.eq(issuing & a_done & b_done)]
         with m.If(tile.start | issue.next_tile):
             m.d.sync += [a_sent.eq(0), b_sent.eq(0)]
-        # Tile of the group being issued: groups start at every line start.
-        with m.If(tile.start):
-            m.d.sync += issue_group_tile.eq(0)
-        with m.Elif(issue.next_tile):
-            m.d.sync += issue_group_tile.eq(
-                Mux((issue_group_tile == G - 1) | (issue.cols_left <= C), 0,
-                    issue_group_tile + 1))
         with m.Else():
             m.d.sync += [a_sent.eq(a_done), b_sent.eq(b_done)]
 
         # -- Panel buffers ---------------------------------------------------------------------
-        # The outer operand's vectors for a line, and in group mode B's group-wide vectors
-        # for a group of tiles; the feed replays them with the k counter below.
-        outer = _Panel(m, "outer", 16 * max(R, C), self.panel_depth, tile.start)
-        inner = _Panel(m, "inner", 16 * GB, self.panel_depth, tile.start)
-        with m.If(cfg.outer_b):
-            m.d.comb += [outer.write_valid.eq(running & cfg.panel & b_stream.o.valid),
-                         outer.write_data.eq(b_stream.o.payload.data[:16 * C]),
-                         outer.write_last.eq(b_stream.o.payload.last),
-                         b_stream.o.ready.eq(outer.write)]
-        with m.Else():
-            m.d.comb += [outer.write_valid.eq(running & cfg.panel & a_stream.o.valid),
-                         outer.write_data.eq(a_stream.o.payload.data),
-                         outer.write_last.eq(a_stream.o.payload.last),
-                         a_stream.o.ready.eq(outer.write)]
-        m.d.comb += [inner.write_valid.eq(running & cfg.group & b_stream.o.valid),
-                     inner.write_data.eq(b_stream.o.payload.data),
-                     inner.write_last.eq(b_stream.o.payload.last)]
-        with m.If(cfg.group):
-            m.d.comb += b_stream.o.ready.eq(inner.write)
+        # The outer panel holds the outer operand's vectors for a line (B's group-wide ones
+        # in group mode), the inner panel (group mode) the inner operand's for a group; the
+        # feed replays them with the k counter below.
+        width = 16 * max(R, GB)
+        outer = _Panel(m, "outer", width, self.panel_depth, tile.start)
+        inner = _Panel(m, "inner", width, self.panel_depth, tile.start)
+
+        def fill(panel, enable, from_b):
+            """``panel`` takes B's vectors when ``from_b``, else A's, while ``enable``."""
+            for is_b, source in ((True, b_stream.o), (False, a_stream.o)):
+                with m.If(from_b if is_b else ~from_b):
+                    m.d.comb += [panel.write_valid.eq(running & enable & source.valid),
+                                 panel.write_data.eq(source.payload.data),
+                                 panel.write_last.eq(source.payload.last)]
+                    with m.If(enable):
+                        m.d.comb += source.ready.eq(panel.write)
+
+        fill(outer, cfg.panel, cfg.outer_b)
+        fill(inner, cfg.group, ~cfg.outer_b)
 
         # -- Feed: an A vector and a B vector per beat ---------------------------------------
         feed = array.feed
@@ -463,45 +495,38 @@ class NeTile(wiring.Component):
         feed_a = Signal(16 * R)
         feed_b = Signal(16 * C)
         feed_k = Signal(16)            # k-step of the beat (panel mode)
-        group_tile = Signal(range(G))  # tile of the group (group mode)
-        line_left = Signal(16)         # outputs (rows or columns) of the line left to feed
-        inner_size = Signal(range(max(R, C) + 1))
-        line_end = Signal()            # the beat ends the last tile of a line
-        group_end = Signal()           # ... of a group
-        m.d.comb += [inner_size.eq(Mux(cfg.outer_b, R, C)),
-                     feed_go.eq(feed.valid & feed.ready),
-                     outer.read_k.eq(feed_k), inner.read_k.eq(feed_k),
-                     line_end.eq(line_left <= inner_size),
-                     group_end.eq(line_end | (group_tile == G - 1))]
+        m.d.comb += [feed_go.eq(feed.valid & feed.ready),
+                     outer.read_k.eq(feed_k), inner.read_k.eq(feed_k)]
         with m.If(cfg.panel):
             inner_ok = Signal()
+            tile_end = Signal()
+            b_vector = Signal(16 * GB)   # B's group-wide (or C-wide) vector
             m.d.comb += [
                 feed.payload.first.eq(feed_k == 0),
                 feed.payload.last.eq(feed_k == cfg.k_count - 1),
                 feed.valid.eq(outer.ready & inner_ok),
-                outer.release.eq(feed_go & feed.payload.last & line_end),
-                inner.release.eq(feed_go & feed.payload.last & cfg.group & group_end),
+                tile_end.eq(feed_go & feed.payload.last),
+                feeder.next_tile.eq(tile_end),
+                outer.release.eq(tile_end & feeder.line_end),
+                inner.release.eq(tile_end & cfg.group & feeder.group_end),
+                feed_b.eq(b_vector.word_select(feeder.group_tile, 16 * C)),
             ]
             with m.If(cfg.group):
-                m.d.comb += [inner_ok.eq(inner.ready), feed_a.eq(outer.data),
-                             feed_b.eq(inner.data.word_select(group_tile, 16 * C))]
+                m.d.comb += inner_ok.eq(inner.ready)
+                with m.If(cfg.outer_b):
+                    m.d.comb += [feed_a.eq(inner.data), b_vector.eq(outer.data)]
+                with m.Else():
+                    m.d.comb += [feed_a.eq(outer.data), b_vector.eq(inner.data)]
             with m.Elif(cfg.outer_b):
                 m.d.comb += [inner_ok.eq(a_stream.o.valid), feed_a.eq(a_stream.o.payload.data),
-                             feed_b.eq(outer.data),
+                             b_vector.eq(outer.data),
                              a_stream.o.ready.eq(feed.ready & outer.ready)]
             with m.Else():
                 m.d.comb += [inner_ok.eq(b_stream.o.valid), feed_a.eq(outer.data),
-                             feed_b.eq(b_stream.o.payload.data[:16 * C]),
+                             b_vector.eq(b_stream.o.payload.data),
                              b_stream.o.ready.eq(feed.ready & outer.ready)]
             with m.If(feed_go):
-                with m.If(feed.payload.last):
-                    m.d.sync += [feed_k.eq(0), group_tile.eq(Mux(group_end, 0, group_tile + 1))]
-                    with m.If(line_end):
-                        m.d.sync += line_left.eq(Mux(cfg.outer_b, cfg.m, cfg.n))
-                    with m.Else():
-                        m.d.sync += line_left.eq(line_left - inner_size)
-                with m.Else():
-                    m.d.sync += feed_k.eq(feed_k + 1)
+                m.d.sync += feed_k.eq(Mux(feed.payload.last, 0, feed_k + 1))
         with m.Else():
             m.d.comb += [
                 feed.valid.eq(a_stream.o.valid & b_stream.o.valid),
@@ -513,8 +538,7 @@ class NeTile(wiring.Component):
                 b_stream.o.ready.eq(feed.ready & a_stream.o.valid),
             ]
         with m.If(tile.start):
-            m.d.sync += [feed_k.eq(0), group_tile.eq(0),
-                         line_left.eq(Mux(cfg.outer_b, cfg.m, cfg.n))]
+            m.d.sync += feed_k.eq(0)
         m.d.comb += [
             # K = 0: one beat of products -0 (a = -0, b = +0) per tile, which leaves every
             # accumulator as it starts (+0, or C with NaNs made canonical, as the model does).
@@ -524,71 +548,117 @@ class NeTile(wiring.Component):
         ]
 
         # -- C reader (acc): each tile's R initial rows, fp32, into the array's init queue ----
+        # Pipelined: the words of a row are requested back to back, the next row's right
+        # after; a row is assembled in the window as its last word arrives and queued in
+        # `init_rows`. A row starts only when the queue will have room for it. Padded rows
+        # (past M) are queued as zeros, without reads.
         window_bits = nw * WB * 8
+        m.submodules.init_rows = init_rows = SyncFIFO(width=32 * C, depth=2)
         r_window = Signal(window_bits)
-        r_state = Signal(range(3))      # 0: request words, 1: last word arrives, 2: offer row
-        r_word = Signal(range(nw + 1))  # next word of the row to request
-        r_resp = Signal()               # a requested word arrives in this cycle ...
+        r_word = Signal(range(nw + 1))   # next word of the row to request
+        r_resp = Signal()                # a requested word arrives in this cycle ...
         r_resp_slot = Signal(range(nw))  # ... for this slot of the window
+        r_resp_row = Signal()            # ... and completes a row (or a padded row is due)
+        r_resp_zero = Signal()           # the row is padding
+        r_resp_off = Signal(ws)          # its byte offset in the window
+        r_resp_cols = Signal(range(C + 1))
+        r_rows_out = Signal(range(3))    # rows started, not queued yet
         r_on = Signal()
+        r_start_ok = Signal()            # a new row may start
         r_req_valid = Signal()
         r_grant = Signal()
+        r_row_done = Signal()            # the walker's row is fully requested in this cycle
         r_off = Signal(ws)
         r_words = Signal(range(nw + 1))  # words the row's valid columns touch
         m.d.comb += [
             r_on.eq(running & cfg.acc & ~init.finished),
             r_off.eq(init.row_addr[:ws]),
             r_words.eq(((r_off + 4 * init.cols_valid - 1) >> ws) + 1),
-            r_req_valid.eq(r_on & (r_state == 0) & init.row_valid),
+            r_start_ok.eq((r_word != 0) | (init_rows.level + r_rows_out < 2)),
+            r_req_valid.eq(r_on & init.row_valid & r_start_ok),
+            r_row_done.eq(Mux(init.row_valid, r_grant & (r_word == r_words - 1),
+                              r_on & r_start_ok)),
+            init.next_row.eq(r_row_done),
         ]
-        m.d.sync += [r_resp.eq(r_grant), r_resp_slot.eq(r_word)]
+        m.d.sync += [r_resp.eq(r_grant), r_resp_slot.eq(r_word), r_resp_row.eq(r_row_done),
+                     r_resp_zero.eq(~init.row_valid), r_resp_off.eq(r_off),
+                     r_resp_cols.eq(init.cols_valid)]
+        with m.If(r_grant):
+            m.d.sync += r_word.eq(Mux(r_row_done, 0, r_word + 1))
+        r_started = Signal()
+        m.d.comb += r_started.eq(Mux(init.row_valid, r_grant & (r_word == 0), r_row_done))
+        m.d.sync += r_rows_out.eq(r_rows_out + r_started - init_rows.w_en)
+        merged = Signal(window_bits)     # the window with the word arriving now
+        m.d.comb += merged.eq(r_window)
         with m.If(r_resp):
-            m.d.sync += r_window.word_select(r_resp_slot, WB * 8).eq(port.rd_data.payload)
-        with m.If(r_on):
-            with m.Switch(r_state):
-                with m.Case(0):
-                    with m.If(~init.row_valid):
-                        m.d.sync += [r_state.eq(2), r_window.eq(0)]
-                    with m.Elif(r_grant):
-                        m.d.sync += r_word.eq(r_word + 1)
-                        with m.If(r_word == r_words - 1):
-                            m.d.sync += r_state.eq(1)
-                with m.Case(1):
-                    m.d.sync += r_state.eq(2)
-                with m.Case(2):
-                    with m.If(array.init.ready):
-                        m.d.sync += [r_state.eq(0), r_word.eq(0)]
-        with m.If(tile.start):
-            m.d.sync += [r_state.eq(0), r_word.eq(0)]
+            m.d.comb += merged.word_select(r_resp_slot, WB * 8).eq(port.rd_data.payload)
+        m.d.sync += r_window.eq(merged)
         r_row = Signal(32 * C)
-        m.d.comb += r_row.eq(r_window >> (r_off * 8))
-        m.d.comb += [
-            array.init.valid.eq(r_on & (r_state == 2)),
-            init.next_row.eq(array.init.valid & array.init.ready),
-        ]
+        m.d.comb += r_row.eq(merged >> (r_resp_off * 8))
         for j in range(C):
-            m.d.comb += array.init.payload[j].eq(
-                Mux(j < init.cols_valid, r_row[32 * j:32 * (j + 1)], 0))
+            m.d.comb += init_rows.w_data[32 * j:32 * (j + 1)].eq(
+                Mux(r_resp_zero | (j >= r_resp_cols), 0, r_row[32 * j:32 * (j + 1)]))
+        m.d.comb += [
+            init_rows.w_en.eq(r_resp_row),
+            array.init.valid.eq(init_rows.r_rdy),
+            array.init.payload.eq(init_rows.r_data),
+            init_rows.r_en.eq(array.init.ready),
+        ]
+        # The C reader is urgent while the tile being fed still lacks some of its rows.
+        r_tiles = Signal(16)             # tiles whose rows are all requested
+        fed_tiles = Signal(16)           # tiles whose last beat was fed
+        r_urgent = Signal()
+        m.d.comb += r_urgent.eq(r_req_valid & (r_tiles == fed_tiles))
+        with m.If(r_row_done & (init.row == R - 1)):
+            m.d.sync += r_tiles.eq(r_tiles + 1)
+        with m.If(feed.valid & feed.ready & feed.payload.last):
+            m.d.sync += fed_tiles.eq(fed_tiles + 1)
+        with m.If(tile.start):
+            m.d.sync += [r_word.eq(0), r_rows_out.eq(0), r_tiles.eq(0), fed_tiles.eq(0)]
 
-        # -- Read port arbiter: the C reader first, then a stream request for a lane that has
-        # nothing queued (urgent), then any; A and B in turn at each level --------------------
+        # -- Read port arbiter -----------------------------------------------------------------
+        # First a request the feed is about to wait for (urgent: a streamed lane with nothing
+        # queued, or a panel producer less than _PANEL_RUNWAY vectors ahead of the feed),
+        # then the C reader, then any stream request; A and B in turn at each level. The
+        # urgent ones cannot shut the others out: they stop being urgent once the feed waits.
         prefer_b = Signal()
         a_grant = Signal()
         b_grant = Signal()
-        a_first = Signal()             # A wins if both streams ask
+        a_urgent = Signal()
+        b_urgent = Signal()
+        m.d.comb += [
+            a_urgent.eq(a_stream.req.valid & Mux(
+                cfg.panel & ~cfg.outer_b, outer.short,
+                Mux(cfg.group & cfg.outer_b, inner.short, a_stream.urgent))),
+            b_urgent.eq(b_stream.req.valid & Mux(
+                cfg.panel & cfg.outer_b, outer.short,
+                Mux(cfg.group & ~cfg.outer_b, inner.short, b_stream.urgent))),
+        ]
         rd = port.rd_addr
-        m.d.comb += a_first.eq(Mux(a_stream.urgent == b_stream.urgent, ~prefer_b,
-                                   a_stream.urgent))
-        with m.If(r_req_valid):
+        a_take = Signal()    # A rather than B at the level that is served
+        b_take = Signal()
+        with m.If(r_urgent):
+            pass
+        with m.Elif(a_urgent | b_urgent):
+            m.d.comb += [a_take.eq(a_urgent & (~b_urgent | ~prefer_b)),
+                         b_take.eq(b_urgent & (~a_urgent | prefer_b))]
+        with m.Elif(~r_req_valid):
+            m.d.comb += [a_take.eq(a_stream.req.valid & (~b_stream.req.valid | ~prefer_b)),
+                         b_take.eq(b_stream.req.valid & (~a_stream.req.valid | prefer_b))]
+        with m.If(r_urgent):
             m.d.comb += [rd.valid.eq(1),
                          rd.payload.eq((init.row_addr >> ws) + r_word),
                          r_grant.eq(rd.ready)]
-        with m.Elif(a_stream.req.valid & (~b_stream.req.valid | a_first)):
+        with m.Elif(a_take):
             m.d.comb += [rd.valid.eq(1), rd.payload.eq(a_stream.req.payload),
                          a_grant.eq(rd.ready)]
-        with m.Elif(b_stream.req.valid):
+        with m.Elif(b_take):
             m.d.comb += [rd.valid.eq(1), rd.payload.eq(b_stream.req.payload),
                          b_grant.eq(rd.ready)]
+        with m.Elif(r_req_valid):
+            m.d.comb += [rd.valid.eq(1),
+                         rd.payload.eq((init.row_addr >> ws) + r_word),
+                         r_grant.eq(rd.ready)]
         with m.Elif(v_stream.req.valid):
             m.d.comb += [rd.valid.eq(1), rd.payload.eq(v_stream.req.payload),
                          v_stream.req.ready.eq(rd.ready)]
@@ -789,8 +859,7 @@ class NeTile(wiring.Component):
                     cfg.panel.eq(k <= self.panel_depth),
                     # Both contiguous along the vector (A transposed, B normal): B's words
                     # serve G column tiles, so B's group-wide vectors are kept for G tiles.
-                    cfg.group.eq((k <= self.panel_depth) & cmd.a_trans & ~cmd.b_trans
-                                 & (G > 1)),
+                    cfg.group.eq((k <= self.panel_depth) & ~cmd.b_trans & (G > 1)),
                     cfg.bf16.eq(cmd.c_dtype == _DType.BF16),
                 ]
                 red_es = Mux(red.a_dtype == _DType.BF16, 2, 4)
@@ -825,12 +894,12 @@ class NeTile(wiring.Component):
             with m.State("MATMUL"):
                 m.d.comb += running.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(write.finished & ~w_busy):
+                with m.If(write.finished & (~w_busy | w_final)):
                     m.next = "DONE"
             with m.State("REDUCE"):
                 m.d.comb += reducing.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(red_out.finished & ~w_busy):
+                with m.If(red_out.finished & (~w_busy | w_final)):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += self.done.valid.eq(1)

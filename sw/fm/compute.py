@@ -22,6 +22,7 @@ class _Tile:
 
     def __init__(self, sram, addr, rows, cols, ld, dtype, what, write=False):
         self.dtype = _DTYPE[dtype]
+        self.addr, self.ld = addr, ld
         es = self.dtype.itemsize
         self.shape = (rows, cols)
         self.what = what
@@ -61,6 +62,20 @@ class _Tile:
         (a0, a1), (b0, b1) = self.extent, other.extent
         return a0 < b1 and b0 < a1
 
+    def same_elements(self, other):
+        """Element (i, j) of both is the same bytes: an elementwise command may write one
+        while reading the other (each element is read before it is written)."""
+        return (self.addr == other.addr and self.dtype == other.dtype
+                and self.shape == other.shape and (self.shape[0] <= 1 or self.ld == other.ld))
+
+
+def _check_in_place(dst, sources):
+    """An elementwise result may overwrite a source only exactly in place."""
+    for t in sources:
+        if t is not None and dst.overlaps(t) and not dst.same_elements(t):
+            raise DeviceFault(ErrorCode.OPERAND_OVERLAP,
+                              f"{dst.what} overlaps {t.what} without being it")
+
 
 def matmul(sram, c):
     """MATMUL: C (+)= A x B with the defined accumulation order (see numerics)."""
@@ -92,7 +107,7 @@ def vector(sram, c):
     rows, cols, op = c["rows"], c["cols"], VectorOp(c["op"])
     ta = _Tile(sram, c["a"], rows, cols, c["lda"], c["a_dtype"], "a")
     td = _Tile(sram, c["dst"], rows, cols, c["ldd"], c["d_dtype"], "dst", write=True)
-    b = c_ = None
+    b = c_ = tb = tc = None
     if nx.OPERANDS[op] > 1:
         mode = VBMode(c["b_mode"])
         if mode == VBMode.IMM:
@@ -106,7 +121,9 @@ def vector(sram, c):
             tb = _Tile(sram, c["b"], *shape, ld, DType.FP32, "b")
             b = np.broadcast_to(tb.load_fp32(), (rows, cols)) if tb.view is not None else None
     if op == VectorOp.SELECT:
-        c_ = _Tile(sram, c["c"], rows, cols, c["lda"], DType.FP32, "c").load_fp32()
+        tc = _Tile(sram, c["c"], rows, cols, c["lda"], DType.FP32, "c")
+        c_ = tc.load_fp32()
+    _check_in_place(td, (ta, tb, tc))
     if rows == 0 or cols == 0:
         return
     td.store_fp32(nx.vector_op(op, ta.load_fp32(), b, c_))
@@ -134,6 +151,7 @@ def mask(sram, c):
     rows, cols = c["rows"], c["cols"]
     ta = _Tile(sram, c["a"], rows, cols, c["ld"], DType.FP32, "a")
     td = _Tile(sram, c["dst"], rows, cols, c["ld"], DType.FP32, "dst", write=True)
+    _check_in_place(td, (ta,))
     if rows == 0 or cols == 0:
         return
     q = c["q0"] + (np.arange(rows, dtype=np.int64) >> c["q_shift"])[:, None]

@@ -141,5 +141,6 @@ ErrorCode = _enum("ErrorCode", 8, [
     ("LINK_UNSUPPORTED", 16, "the link target rejected the request (no device or window there)"),
     ("TRAILING_BYTES", 17, "host-side decoder: bytes follow the last command of a stream"),
     ("BAD_CHECKSUM", 18, "host-side decoder: the stream's CRC-32 does not match its header"),
-    ("OPERAND_OVERLAP", 19, "a compute command's output overlaps one of its inputs"),
+    ("OPERAND_OVERLAP", 19, "a compute command's output overlaps one of its inputs (VECTOR "
+                            "and MASK: other than exactly in place)"),
 ], "Error code reported in a device's status register and completion record.")

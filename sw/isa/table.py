@@ -299,7 +299,8 @@ COMMANDS = (
     CommandSpec("VECTOR", 0x21, C.COMPUTE,
                 "Lane-wise `dst[i, j] = op(a[i, j], b, c[i, j])` over a rows x cols tile; `b` per "
                 "`b_mode`; operands load as their dtype and compute in fp32; bf16 results round to "
-                "nearest even.",
+                "nearest even. `dst` may overlap an operand only exactly in place (same address, "
+                "row stride and element type, b in TILE mode), else OPERAND_OVERLAP.",
                 (E("op", VectorOp, "operation"),
                  sram("dst", "the result"), ld("ldd", "the result"),
                  sram("a", "operand a"), ld("lda", "operand a"),
@@ -326,7 +327,8 @@ COMMANDS = (
                 "Attention mask generated in the kernel: for row i (query position "
                 "`q0 + (i >> q_shift)`) and column j (key position `k0 + j`), sets the fp32 "
                 "element to -inf when `causal` and key > query, when `window` > 0 and "
-                "key <= query - window, or when key >= `klen`; else copies it.",
+                "key <= query - window, or when key >= `klen`; else copies it. `dst` is `a` (in "
+                "place) or does not overlap it (else OPERAND_OVERLAP).",
                 (sram("dst", "the result (fp32)"), sram("a", "the scores (fp32)"),
                  ld("ld", "dst and a"),
                  F("causal", "mask keys after the query"),

@@ -475,6 +475,53 @@ def test_bad_shape_and_overlap():
                           m=8, n=8, k=8)], ErrorCode.OPERAND_OVERLAP)
 
 
+def _vector_in_place(**changes):
+    """ADD of a 2 x 4 fp32 tile at 0x100 (row stride 8) with b at 0x400, dst in place."""
+    fields = dict(op=VectorOp.ADD, dst=0x100, ldd=8, a=0x100, lda=8, b=0x400, ldb=8,
+                  rows=2, cols=4)
+    fields.update(changes)
+    return Command("VECTOR", **fields)
+
+
+def test_vector_and_mask_write_in_place():
+    """dst may be exactly an operand (same address, row stride and element type): each element
+    is read before it is written."""
+    s = System()
+    d = s.devices[0]
+    a = rng.standard_normal((2, 8)).astype(np.float32).view(np.uint32)
+    b = rng.standard_normal((2, 8)).astype(np.float32).view(np.uint32)
+    load(d, Space.SRAM, 0x100, a)
+    load(d, Space.SRAM, 0x400, b)
+    run(s, {0: [_vector_in_place(),
+                _vector_in_place(a=0x400, b=0x100),         # dst is b (TILE mode)
+                Command("MASK", dst=0x100, a=0x100, ld=8, causal=True, rows=2, cols=4,
+                        q0=0, k0=0, klen=4)]})
+    got = d.sram.read(0x100, 64).view(np.uint32).reshape(2, 8)
+    once = nx.fp32_add(a[:, :4], b[:, :4])
+    twice = nx.fp32_add(b[:, :4], once)
+    expect = np.where(np.arange(4)[None, :] > np.arange(2)[:, None], np.uint32(nx.NEG_INF),
+                      twice)
+    assert np.array_equal(got[:, :4], expect)
+    assert np.array_equal(got[:, 4:], a[:, 4:])   # the padding is untouched
+
+
+@pytest.mark.parametrize("changes", [
+    dict(dst=0x104),                                # shifted by one element
+    dict(ldd=9),                                    # another row stride
+    dict(d_dtype=DType.BF16),                       # narrower result over the same bytes
+    dict(a=0x400, b=0x100, b_mode=VBMode.ROW),     # b re-read across a row
+    dict(a=0x400, b=0x110),                         # b partly under dst
+    dict(op=VectorOp.SELECT, a=0x400, b=0x400, c=0x104),  # SELECT's mask partly under dst
+])
+def test_vector_overlap_not_in_place_faults(changes):
+    faulting_run([_vector_in_place(**changes)], ErrorCode.OPERAND_OVERLAP)
+
+
+def test_mask_overlap_not_in_place_faults():
+    faulting_run([Command("MASK", dst=0x104, a=0x100, ld=8, rows=2, cols=4, klen=4)],
+                 ErrorCode.OPERAND_OVERLAP)
+
+
 def test_branch_and_call_errors():
     faulting_run([Command("BRANCH", target=5)], ErrorCode.BAD_BRANCH)
     faulting_run([Command("CALL", addr_off=STREAM)], ErrorCode.CALL_DEPTH)
