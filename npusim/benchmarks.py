@@ -8,11 +8,15 @@ never compared with a wall-clock limit.
 
 import json
 import platform
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["BENCHMARKS", "run_benchmarks"]
+from .sw.isa.enums import DType
+from .sw.params import HwParams
+
+__all__ = ["BENCHMARKS", "GEMM_ARRAYS", "bench_gemm", "gemm_shapes", "run_benchmarks"]
 
 
 def bench_fm_speed():
@@ -38,7 +42,131 @@ def bench_fm_speed():
     return {"fm_cycles_per_second": min(r["cycles_per_s"] for r in rows), "runs": rows}
 
 
-BENCHMARKS = {"fm-speed": bench_fm_speed}
+#: The arrays ``bench gemm`` measures. The scratchpad word grows with the array (64 bytes at
+#: 16x16) so that one word still feeds a row of the array; SRAM and panel depth are defaults.
+GEMM_ARRAYS = {
+    "4x4": HwParams(array_rows=4, array_cols=4, vector_lanes=4),
+    "8x8": HwParams(),
+    "16x16": HwParams(array_rows=16, array_cols=16, vector_lanes=16, sram_bytes_per_cycle=64),
+}
+
+
+#: The HwParams fields the NE tile's RTL depends on (recorded per array).
+_TILE_PARAMS = ("array_rows", "array_cols", "vector_lanes", "sram_bytes", "sram_banks",
+                "sram_bytes_per_cycle", "panel_depth")
+
+
+def _gemm_fields(m, n, k, sram_bytes, *, b_trans=0, acc=0, bf16_c=False):
+    """A dense MATMUL: A (M x K) at 0, B (K x N, or N x K with ``b_trans``) and C (M x N)
+    after it, each at the next multiple of 64 bytes; ``None`` if it does not fit in SRAM."""
+    def align(x):
+        return -(-x // 64) * 64
+    b = align(2 * m * k)
+    c = align(b + 2 * k * n)
+    if c + (2 if bf16_c else 4) * m * n > sram_bytes:
+        return None
+    return {"a": 0, "lda": k, "b": b, "ldb": k if b_trans else n, "c": c, "ldc": n,
+            "a_trans": 0, "b_trans": b_trans, "acc": acc,
+            "c_dtype": int(DType.BF16 if bf16_c else DType.FP32), "m": m, "n": n, "k": k}
+
+
+def gemm_shapes(rows, cols, sram_bytes):
+    """The SRAM-resident GEMMs ``bench gemm`` runs on an ``rows x cols`` array: ``(shapes,
+    skipped)``, each shape ``{"name", "shape", "layout", "fields", "in_min"}``. ``in_min``
+    marks the shapes the target applies to (M, N, K at least 4x the array); A.B^T is the
+    layout of PyTorch's Linear weights (stored N x K)."""
+    R, C = rows, cols
+    plan = [
+        ("4x array", "A.B", 4 * R, 4 * C, 4 * R, {}),
+        ("4x array", "A.B^T", 4 * R, 4 * C, 4 * R, {"b_trans": 1}),
+        ("4x array", "A.B acc", 4 * R, 4 * C, 4 * R, {"acc": 1}),
+        ("4x array", "A.B bf16 C", 4 * R, 4 * C, 4 * R, {"bf16_c": True}),
+        ("8x array", "A.B bf16 C", 8 * R, 8 * C, 8 * R, {"bf16_c": True}),
+        ("4R x 8C x 16R", "A.B^T", 4 * R, 8 * C, 16 * R, {"b_trans": 1}),
+        ("R x C x 4R", "A.B", R, C, 4 * R, {}),
+    ]
+    shapes, skipped = [], []
+    for shape, layout, m, n, k, options in plan:
+        fields = _gemm_fields(m, n, k, sram_bytes, **options)
+        name = f"{shape}, {layout}"
+        if fields is None:
+            skipped.append(f"{name} ({m} x {n} x {k}) does not fit in {sram_bytes} bytes")
+            continue
+        shapes.append({"name": name, "shape": shape, "layout": layout, "fields": fields,
+                       "in_min": m >= 4 * R and n >= 4 * C and k >= 4 * R})
+    return shapes, skipped
+
+
+def bench_gemm(arrays=None, shapes=gemm_shapes, seed=1):
+    """NE-tile matrix-unit utilisation on SRAM-resident GEMMs, measured on the RTL (Verilator
+    through cocotb): the tile's own cycle count per MATMUL against the ideal ``M N K / (R C)``,
+    every result checked bit for bit against the functional model.
+
+    ``arrays`` maps a label to the :class:`HwParams` to build (default :data:`GEMM_ARRAYS`);
+    ``shapes(rows, cols, sram_bytes)`` gives the MATMULs, as :func:`gemm_shapes` does.
+    ``utilization`` is the minimum over the shapes the target applies to, over all arrays.
+    """
+    from . import cosim
+    from .cosim.ne_tile import NeTileHarness
+    from .cosim.verilator_flow import build, run
+    testbench = Path(cosim.__file__).with_name("gemm_bench_tb.py")
+    rows, notes, builds = [], [], {}
+    total_cycles = total_wall = 0.0
+    for label, params in (arrays or GEMM_ARRAYS).items():
+        R, C = params.array_rows, params.array_cols
+        plan, skipped = shapes(R, C, params.sram_bytes)
+        notes += [f"{label}: skipped {note}" for note in skipped]
+        if not plan:
+            continue
+        design = build(NeTileHarness(params), f"ne_tile_bench_{label}", timeout=3600)
+        with tempfile.TemporaryDirectory(prefix="npusim-gemm-") as tmp:
+            spec, result = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+            spec.write_text(json.dumps({"params": params.as_dict(), "seed": seed,
+                                        "shapes": plan}))
+            ran = run(design, testbench, timeout=3600, env={
+                "NPUSIM_GEMM_BENCH": str(spec), "NPUSIM_GEMM_RESULT": str(result)})
+            measured = json.loads(result.read_text())
+        builds[label] = {"seconds": round(design.seconds, 1), "cached": design.cached,
+                         "simulation_seconds": round(ran.seconds, 1),
+                         "params": {f: getattr(params, f) for f in _TILE_PARAMS
+                                    if hasattr(params, f)}}
+        total_cycles += measured["cycles"]
+        total_wall += measured["command_wall_s"]
+        for shape, got in zip(plan, measured["shapes"], strict=True):
+            f = shape["fields"]
+            ideal = f["m"] * f["n"] * f["k"] / (R * C)
+            rows.append({"array": label, "shape": shape["shape"], "layout": shape["layout"],
+                         "m": f["m"], "n": f["n"], "k": f["k"], "cycles": got["cycles"],
+                         "ideal": ideal, "utilization": round(ideal / got["cycles"], 4),
+                         "in_min": shape["in_min"], "checked": got["checked"],
+                         "wall_s": round(got["wall_s"], 4)})
+
+    print(f"{'array':<6} {'shape':<15} {'layout':<11} {'M':>4} {'N':>4} {'K':>4} "
+          f"{'cycles':>7} {'ideal':>7} {'util':>6}")
+    for r in rows:
+        print(f"{r['array']:<6} {r['shape']:<15} {r['layout']:<11} {r['m']:>4} {r['n']:>4} "
+              f"{r['k']:>4} {r['cycles']:>7} {r['ideal']:>7.0f} {100 * r['utilization']:>5.1f}%"
+              f"{'' if r['in_min'] else '  (not in the min: below 4x the array)'}")
+    for label, b in builds.items():
+        print(f"{label}: build {b['seconds']:.1f} s ({'cached' if b['cached'] else 'built'}), "
+              f"simulation {b['simulation_seconds']:.1f} s")
+    for note in notes:
+        print(note)
+
+    def worst(selected):
+        return min((r["utilization"] for r in selected if r["in_min"]), default=None)
+
+    return {
+        "utilization": worst(rows),
+        "utilization_by_array": {label: worst(r for r in rows if r["array"] == label)
+                                 for label in builds},
+        "rtl_cycles_per_second": round(total_cycles / total_wall) if total_wall else None,
+        "build_seconds": round(sum(b["seconds"] for b in builds.values()), 1),
+        "builds": builds, "skipped": notes, "rows": rows,
+    }
+
+
+BENCHMARKS = {"fm-speed": bench_fm_speed, "gemm": bench_gemm}
 
 
 def run_benchmarks(name, record=None):

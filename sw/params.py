@@ -22,8 +22,11 @@ class HwParams:
     vector_lanes: int = 8          #: fp32 lanes of the vector unit
     sram_bytes: int = 256 * 1024   #: scratchpad size
     sram_banks: int = 8            #: scratchpad banks
-    matmul_tile_overhead: int = 16  #: cycles per R x C output tile besides K (fill and drain)
-    vector_overhead: int = 8       #: pipeline latency of a vector command
+    panel_depth: int = 256         #: vectors per panel buffer: MATMULs with K up to this reuse panels
+    # NE-tile timing, fitted to the RTL's cycle counts (docs/hw/ne_tile.md, "Timing")
+    matmul_overhead: int = 4       #: cycles per MATMUL besides fill, drain and beats
+    matmul_fill_per_edge: float = 1.625  #: fill and drain cycles per array row and column
+    vector_overhead: int = 7       #: cycles per VECTOR, REDUCE or MASK besides its beats
     # memory
     dram_bytes: int = 64 * 1024 * 1024  #: device DRAM size
     dram_bytes_per_cycle: int = 32      #: DRAM port bandwidth (one 256-bit beat per cycle)

@@ -119,3 +119,8 @@ def test_layering_sw_and_firmware_never_import_hw(package):
             for name in names:
                 assert not name.startswith(("npusim.hw", "npusim.cosim", "amaranth", "cocotb")), \
                     f"{path} imports {name}"
+
+
+def test_bench_lists_its_benchmarks():
+    proc = npusim("bench", "no-such-benchmark", check=False)
+    assert proc.returncode == 2 and "fm-speed" in proc.stdout and "gemm" in proc.stdout

@@ -4,8 +4,7 @@ compute commands on them.
 :class:`NeTile` takes resolved compute commands (:data:`npusim.hw.isa.ComputeCommand`),
 checks every operand exactly as the functional model does (:mod:`npusim.sw.fm.compute`:
 same checks, same order, same error codes; a faulting command writes nothing), runs it, and
-reports one ``done`` beat per command with its error code and its cycle count. MATMUL and
-REDUCE are implemented; VECTOR and MASK are answered with ``BAD_OPCODE`` for now. Theory of
+reports one ``done`` beat per command with its error code and its cycle count. Theory of
 operation, ports and timing: ``docs/hw/ne_tile.md``.
 """
 
@@ -16,13 +15,15 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from ...sw.isa.enums import DType, ErrorCode
+from ...sw.isa.enums import DType, ErrorCode, VBMode, VectorOp
+from ...sw.numerics import NEG_INF, OPERANDS
 from ...sw.params import HwParams
 from ..isa import ComputeCommand, Opcode, amaranth_enum, resolved_layout
 from ..refuse import refuse
 from .operand_stream import OperandStream
 from .scratchpad import Scratchpad, ScratchpadPort
 from .systolic import SystolicArray
+from .vector_alu import VectorOpShape
 from .vector_unit import Mode, RedOpShape, VectorUnit
 
 __all__ = ["ErrorShape", "NeTile", "done_layout"]
@@ -30,6 +31,13 @@ __all__ = ["ErrorShape", "NeTile", "done_layout"]
 #: The Amaranth enum of :class:`~npusim.sw.isa.enums.ErrorCode` (8 bits; OK = 0).
 ErrorShape = amaranth_enum(ErrorCode)
 _DType = amaranth_enum(DType)
+_VBMode = amaranth_enum(VBMode)
+
+#: Bit ``op`` set: VECTOR op ``op`` reads operand b.
+_TWO_OPERAND_OPS = sum(1 << op for op in VectorOp if OPERANDS[op] > 1)
+
+#: What the exactly-in-place rule compares of an operand slot.
+_SLOT_SHAPE = data.StructLayout({"wide": 1, "rows": 16, "cols": 16, "ld": 16, "addr": 24})
 
 #: Payload of :attr:`NeTile.done`.
 done_layout = data.StructLayout({"error": ErrorShape, "cycles": 32})
@@ -220,8 +228,9 @@ class NeTile(wiring.Component):
     or bad, ends with one beat on :attr:`done`; the next command is accepted after that beat
     is taken.
 
-    Implemented: MATMUL and REDUCE, every option (see ``docs/hw/ne_tile.md``). VECTOR and MASK
-    are answered with ``BAD_OPCODE`` (not implemented yet).
+    Implemented: MATMUL, VECTOR, REDUCE and MASK, every option (see ``docs/hw/ne_tile.md``).
+    Enumerated fields (``op``, ``b_mode``, dtypes) are trusted: the command processor's decoder
+    has already rejected values outside their enums (``BAD_FIELD``).
 
     Parameters
     ----------
@@ -229,9 +238,9 @@ class NeTile(wiring.Component):
         ``array_rows`` (R), ``array_cols`` (C), ``vector_lanes`` (must equal C),
         ``sram_bytes``, ``sram_banks``, ``sram_bytes_per_cycle`` (the scratchpad word). A row
         of ``C`` fp32 values must fit in 8 words.
-    panel_depth : int
-        Vectors per panel buffer (a power of two): MATMULs with ``K <= panel_depth`` reuse an
-        operand's panel across a line of tiles; longer ones stream both operands per tile.
+        ``params.panel_depth`` is the vectors per panel buffer (a power of two): MATMULs with
+        ``K <= panel_depth`` reuse an operand's panel across a line of tiles; longer ones
+        stream both operands per tile.
 
     Members
     -------
@@ -247,8 +256,9 @@ class NeTile(wiring.Component):
         loses bank conflicts to the tile's own accesses.
     """
 
-    def __init__(self, params=None, *, panel_depth=256):
+    def __init__(self, params=None):
         params = HwParams() if params is None else params
+        panel_depth = params.panel_depth
         try:
             if panel_depth < 1 or panel_depth & (panel_depth - 1):
                 raise ValueError(f"panel_depth must be a power of two, not {panel_depth}")
@@ -293,6 +303,11 @@ class NeTile(wiring.Component):
         m.submodules.vector_unit = vu = VectorUnit(self.params.vector_lanes)
         m.submodules.v_stream = v_stream = OperandStream(C, addr_width=aw, word_bytes=WB,
                                                          elem_bytes=4, narrow=True)
+        # VECTOR's operands b and c (fp32).
+        m.submodules.vb_stream = vb_stream = OperandStream(C, addr_width=aw, word_bytes=WB,
+                                                           elem_bytes=4)
+        m.submodules.vc_stream = vc_stream = OperandStream(C, addr_width=aw, word_bytes=WB,
+                                                           elem_bytes=4)
         wiring.connect(m, wiring.flipped(self.dma), sp.dma)
         port = sp.compute
 
@@ -326,6 +341,18 @@ class NeTile(wiring.Component):
         cfg.red_zero = Signal(name="cfg_red_zero")   # no columns: one identity beat per block
         cfg.red_bf16 = Signal(name="cfg_red_bf16")   # a is bf16
         cfg.red_op = Signal(RedOpShape, name="cfg_red_op")
+        # VECTOR and MASK (MASK runs as a SELECT of -inf and a, on a mask made here)
+        for name, width in (("v_rows", 16), ("v_cols", 16), ("v_a", aw), ("v_b", aw),
+                            ("v_c", aw), ("v_dst", aw), ("v_a_step", aw), ("v_a_k", aw),
+                            ("v_a_last", aw), ("v_b_lane", aw), ("v_b_k", aw),
+                            ("v_b_last", aw), ("v_b_step", aw), ("v_c_k", aw),
+                            ("v_c_last", aw), ("v_d_row", aw), ("v_d_step", aw), ("v_imm", 32),
+                            ("q0", 20), ("k0", 20), ("klen", 20), ("window", 20),
+                            ("q_shift", 5)):
+            setattr(cfg, name, Signal(width, name=f"cfg_{name}"))
+        for name in ("v_a_bf16", "v_d_bf16", "v_b_on", "v_c_on", "v_mask", "causal"):
+            setattr(cfg, name, Signal(name=f"cfg_{name}"))
+        cfg.v_op = Signal(VectorOpShape, name="cfg_v_op")
         cfg.rows, cfg.cols = R, C
 
         tile = SimpleNamespace(rows=R, cols=C, cfg=cfg, start=Signal(name="tile_start"))
@@ -335,7 +362,7 @@ class NeTile(wiring.Component):
         # their _Tile (each checked for alignment, then, if written, for its row stride, then
         # for bounds); the overlap checks come last. An empty operand (a zero dimension) is
         # not checked and its extent is [addr, addr).
-        slot_names = ("s0", "s1", "s2")
+        slot_names = ("s0", "s1", "s2", "s3")
         slots = {}
         for name in slot_names:
             slots[name] = dict(
@@ -346,6 +373,14 @@ class NeTile(wiring.Component):
         pre_error = Signal(name="pre_error")   # MATMUL: accumulate into a bf16 C
         overlap_20 = Signal()                  # check s2 against s0 and s1 (MATMUL)
         overlap_10 = Signal()                  # check s1 against s0 (REDUCE)
+        in_place_1 = Signal()                  # s1 against s0, s2, s3 unless in place
+        vec = latched.args.vector
+        msk = latched.args.mask
+        reads_b = Signal()                     # VECTOR's op reads b from SRAM
+        m.d.comb += reads_b.eq((Const(_TWO_OPERAND_OPS, 64).bit_select(vec.op, 1))
+                               & (vec.b_mode != _VBMode.IMM))
+        v_empty = Signal()
+        m.d.comb += v_empty.eq((vec.rows == 0) | (vec.cols == 0))
 
         def fill(name, rows, cols, ld, addr, wide, write=0):
             slot = slots[name]
@@ -366,7 +401,30 @@ class NeTile(wiring.Component):
                 fill("s0", red.rows, red.cols, red.lda, red.a, red.a_dtype == _DType.FP32)
                 fill("s1", 1, red.rows, red.rows, red.dst, 1, write=1)
                 m.d.comb += overlap_10.eq(1)
+            with m.Case(Opcode.VECTOR):
+                fill("s0", vec.rows, vec.cols, vec.lda, vec.a, vec.a_dtype == _DType.FP32)
+                fill("s1", vec.rows, vec.cols, vec.ldd, vec.dst, vec.d_dtype == _DType.FP32,
+                     write=1)
+                with m.If(reads_b):
+                    # b's shape per mode, as the model builds it (empty with the command)
+                    with m.Switch(vec.b_mode):
+                        for mode, shape in ((_VBMode.TILE, (vec.rows, vec.cols, vec.ldb)),
+                                            (_VBMode.ROW, (vec.rows, 1, 1)),
+                                            (_VBMode.COL, (1, vec.cols, vec.cols)),
+                                            (_VBMode.SCALAR, (1, 1, vec.cols))):
+                            with m.Case(mode):
+                                rows_, cols_, ld_ = shape
+                                fill("s2", Mux(v_empty, 0, rows_), Mux(v_empty, 0, cols_), ld_,
+                                     vec.b, 1)
+                with m.If(vec.op == VectorOpShape.SELECT):
+                    fill("s3", vec.rows, vec.cols, vec.lda, vec.c, 1)
+                m.d.comb += in_place_1.eq(1)
+            with m.Case(Opcode.MASK):
+                fill("s0", msk.rows, msk.cols, msk.ld, msk.a, 1)
+                fill("s1", msk.rows, msk.cols, msk.ld, msk.dst, 1, write=1)
+                m.d.comb += in_place_1.eq(1)
         check = {}
+        same = {}
         for name, slot in slots.items():
             nonempty = Signal(name=f"{name}_nonempty")
             misaligned = Signal(name=f"{name}_misaligned")
@@ -388,14 +446,29 @@ class NeTile(wiring.Component):
             m.d.sync += a_reg.eq(addr)
             m.d.comb += [lo.eq(a_reg), hi.eq(Mux(nonempty, end, a_reg))]
             check[name] = (nonempty, misaligned, bad_stride, end, lo, hi)
+            # What "exactly in place" compares (sw/fm/compute.py, _Tile.same_elements).
+            shape = Signal(_SLOT_SHAPE, name=f"{name}_shape_q")
+            m.d.sync += [shape.wide.eq(wide), shape.rows.eq(rows), shape.cols.eq(cols),
+                         shape.ld.eq(ld), shape.addr.eq(addr)]
+            en_q = Signal(name=f"{name}_en_q")
+            m.d.sync += en_q.eq(slot["en"])
+            same[name] = (en_q, shape)
         pre_error_q = Signal()
         overlap_20_q = Signal()
         overlap_10_q = Signal()
+        in_place_1_q = Signal()
         m.d.sync += [pre_error_q.eq(pre_error), overlap_20_q.eq(overlap_20),
-                     overlap_10_q.eq(overlap_10)]
+                     overlap_10_q.eq(overlap_10), in_place_1_q.eq(in_place_1)]
 
         def overlaps(x, y):
             return (check[x][4] < check[y][5]) & (check[y][4] < check[x][5])
+
+        def clobbers(x, y):
+            """Slot ``x`` (written) overlaps slot ``y`` without being exactly it."""
+            (_, sx), (en_y, sy) = same[x], same[y]
+            exact = ((sx.wide == sy.wide) & (sx.rows == sy.rows) & (sx.cols == sy.cols)
+                     & (sx.addr == sy.addr) & ((sx.rows <= 1) | (sx.ld == sy.ld)))
+            return en_y & overlaps(x, y) & ~exact
 
         rules = [(pre_error_q, ErrorShape.BAD_SHAPE)]
         for name in slot_names:
@@ -405,7 +478,9 @@ class NeTile(wiring.Component):
                       (nonempty & (end > size), ErrorShape.SRAM_BOUNDS)]
         rules += [(overlap_20_q & (overlaps("s2", "s0") | overlaps("s2", "s1")),
                    ErrorShape.OPERAND_OVERLAP),
-                  (overlap_10_q & overlaps("s1", "s0"), ErrorShape.OPERAND_OVERLAP)]
+                  (overlap_10_q & overlaps("s1", "s0"), ErrorShape.OPERAND_OVERLAP),
+                  (in_place_1_q & (clobbers("s1", "s0") | clobbers("s1", "s2")
+                                   | clobbers("s1", "s3")), ErrorShape.OPERAND_OVERLAP)]
         first_error = Signal(ErrorShape)
         m.d.comb += first_error.eq(ErrorShape.OK)
         for n, (condition, code) in enumerate(rules):
@@ -662,6 +737,12 @@ class NeTile(wiring.Component):
         with m.Elif(v_stream.req.valid):
             m.d.comb += [rd.valid.eq(1), rd.payload.eq(v_stream.req.payload),
                          v_stream.req.ready.eq(rd.ready)]
+        with m.Elif(vb_stream.req.valid):
+            m.d.comb += [rd.valid.eq(1), rd.payload.eq(vb_stream.req.payload),
+                         vb_stream.req.ready.eq(rd.ready)]
+        with m.Elif(vc_stream.req.valid):
+            m.d.comb += [rd.valid.eq(1), rd.payload.eq(vc_stream.req.payload),
+                         vc_stream.req.ready.eq(rd.ready)]
         with m.If(a_grant):
             m.d.sync += prefer_b.eq(1)
         with m.Elif(b_grant):
@@ -670,6 +751,8 @@ class NeTile(wiring.Component):
             a_stream.req.ready.eq(a_grant), b_stream.req.ready.eq(b_grant),
             a_stream.rd_data.eq(port.rd_data.payload), b_stream.rd_data.eq(port.rd_data.payload),
             v_stream.rd_data.eq(port.rd_data.payload),
+            vb_stream.rd_data.eq(port.rd_data.payload),
+            vc_stream.rd_data.eq(port.rd_data.payload),
         ]
 
         # -- REDUCE: blocks of C rows through the vector unit ------------------------------------
@@ -737,6 +820,127 @@ class NeTile(wiring.Component):
             v_stream.o.ready.eq(reducing & vu.i.ready),
         ]
 
+        # -- VECTOR and MASK: column blocks of C lanes through the vector unit --------------
+        # Block b is columns [b C, b C + C) of every row: lane l carries column b C + l, one
+        # beat per row (the streams' k-step), one vector-unit command per block; each output
+        # beat is a row of the block, written to dst like a row of C. MASK is a SELECT of
+        # -inf (a) and the scores (b) on a mask (c) computed here per beat.
+        vectoring = Signal()
+        vec_start = Signal()
+        vin = SimpleNamespace()           # the block being issued
+        vout = SimpleNamespace()          # the row being written
+        for pos, name in ((vin, "vin"), (vout, "vout")):
+            pos.cols_left = Signal(16, name=f"{name}_cols_left")
+            pos.valid = Signal(range(C + 1), name=f"{name}_valid")
+            pos.finished = Signal(name=f"{name}_finished")
+            pos.next = Signal(name=f"{name}_next")
+            m.d.comb += pos.valid.eq(Mux(pos.cols_left > C, C, pos.cols_left))
+        vin.a = Signal(aw, name="vin_a")
+        vin.b = Signal(aw, name="vin_b")
+        vin.c = Signal(aw, name="vin_c")
+        with m.If(vec_start):
+            m.d.sync += [vin.cols_left.eq(cfg.v_cols), vin.finished.eq(0), vin.a.eq(cfg.v_a),
+                         vin.b.eq(cfg.v_b), vin.c.eq(cfg.v_c)]
+        with m.Elif(vin.next):
+            m.d.sync += [vin.cols_left.eq(vin.cols_left - C), vin.a.eq(vin.a + cfg.v_a_step),
+                         vin.b.eq(vin.b + cfg.v_b_step), vin.c.eq(vin.c + 4 * C)]
+            with m.If(vin.cols_left <= C):
+                m.d.sync += vin.finished.eq(1)
+        vout.row = Signal(16, name="vout_row")
+        vout.addr = Signal(aw, name="vout_addr")          # dst[row][block]
+        vout.block = Signal(aw, name="vout_block")        # dst[0][block]
+        with m.If(vec_start):
+            m.d.sync += [vout.cols_left.eq(cfg.v_cols), vout.finished.eq(0), vout.row.eq(0),
+                         vout.addr.eq(cfg.v_dst), vout.block.eq(cfg.v_dst)]
+        with m.Elif(vout.next):
+            with m.If(vout.row == cfg.v_rows - 1):
+                m.d.sync += [vout.row.eq(0), vout.cols_left.eq(vout.cols_left - C),
+                             vout.addr.eq(vout.block + cfg.v_d_step),
+                             vout.block.eq(vout.block + cfg.v_d_step)]
+                with m.If(vout.cols_left <= C):
+                    m.d.sync += vout.finished.eq(1)
+            with m.Else():
+                m.d.sync += [vout.row.eq(vout.row + 1), vout.addr.eq(vout.addr + cfg.v_d_row)]
+
+        # Issue: per block a segment to each stream in use and a command to the vector unit.
+        vb_cfg, vc_cfg = vb_stream.config, vc_stream.config
+        v_issuing = Signal()
+        sent = {name: Signal(name=f"vin_{name}_sent") for name in ("a", "b", "c", "cmd")}
+        done_ = {name: Signal(name=f"vin_{name}_done") for name in sent}
+        offers = {"a": (v_cfg, 1), "b": (vb_cfg, cfg.v_b_on), "c": (vc_cfg, cfg.v_c_on),
+                  "cmd": (vu.cmd, 1)}
+        for name, (port_, used) in offers.items():
+            m.d.comb += done_[name].eq(sent[name] | ~used | (port_.valid & port_.ready))
+        m.d.comb += [v_issuing.eq(vectoring & ~vin.finished),
+                     vin.next.eq(v_issuing & done_["a"] & done_["b"] & done_["c"]
+                                 & done_["cmd"])]
+        with m.If(vectoring):
+            for name, (port_, used) in offers.items():
+                m.d.comb += port_.valid.eq(v_issuing & used & ~sent[name])
+            for port_, base, lane_stride, k_stride, last_offset in (
+                    (v_cfg, vin.a, Mux(cfg.v_a_bf16, 2, 4), cfg.v_a_k, cfg.v_a_last),
+                    (vb_cfg, vin.b, cfg.v_b_lane, cfg.v_b_k, cfg.v_b_last),
+                    (vc_cfg, vin.c, 4, cfg.v_c_k, cfg.v_c_last)):
+                m.d.comb += [port_.payload.base.eq(base),
+                             port_.payload.lane_stride.eq(lane_stride),
+                             port_.payload.k_stride.eq(k_stride),
+                             port_.payload.count.eq(cfg.v_rows),
+                             port_.payload.last_offset.eq(last_offset),
+                             port_.payload.lanes.eq(vin.valid)]
+            m.d.comb += [v_cfg.payload.narrow.eq(cfg.v_a_bf16),
+                         vu.cmd.payload.mode.eq(Mode.ELEMENTWISE),
+                         vu.cmd.payload.op.eq(cfg.v_op)]
+        with m.If(vec_start | vin.next):
+            m.d.sync += [s.eq(0) for s in sent.values()]
+        with m.Else():
+            m.d.sync += [sent[name].eq(done_[name]) for name in sent]
+
+        # Beats: row i of the block; a bf16 widened exactly; MASK's mask per lane.
+        beat_row = Signal(16)             # row and first column of the beat going in
+        beat_col = Signal(16)
+        beat_in = Signal()
+        m.d.comb += beat_in.eq(vu.i.valid & vu.i.ready)
+        with m.If(vec_start):
+            m.d.sync += [beat_row.eq(0), beat_col.eq(0)]
+        with m.Elif(beat_in & vectoring):
+            with m.If(vu.i.payload.last):
+                m.d.sync += [beat_row.eq(0), beat_col.eq(beat_col + C)]
+            with m.Else():
+                m.d.sync += beat_row.eq(beat_row + 1)
+        query = Signal(21)
+        m.d.comb += query.eq(cfg.q0 + (beat_row >> cfg.q_shift))
+        with m.If(vectoring):
+            for lane in range(C):
+                a_value = v_stream.o.payload.data[lane]
+                a_fp32 = Mux(cfg.v_a_bf16, a_value << 16, a_value)
+                key = Signal(22, name=f"mask_key{lane}")
+                masked = Signal(name=f"mask_lane{lane}")
+                m.d.comb += [
+                    key.eq(cfg.k0 + beat_col + lane),
+                    masked.eq((key >= cfg.klen) | (cfg.causal & (key > query))
+                              | ((cfg.window != 0) & (key + cfg.window <= query))),
+                ]
+                with m.If(cfg.v_mask):
+                    m.d.comb += [vu.i.payload.a[lane].eq(NEG_INF),
+                                 vu.i.payload.b[lane].eq(a_value),
+                                 vu.i.payload.c[lane].eq(masked.replicate(32))]
+                with m.Else():
+                    m.d.comb += [vu.i.payload.a[lane].eq(a_fp32),
+                                 vu.i.payload.b[lane].eq(Mux(cfg.v_b_on,
+                                                             vb_stream.o.payload.data[lane],
+                                                             cfg.v_imm)),
+                                 vu.i.payload.c[lane].eq(vc_stream.o.payload.data[lane])]
+            operands_in = Signal()
+            m.d.comb += [
+                operands_in.eq(v_stream.o.valid & (~cfg.v_b_on | vb_stream.o.valid)
+                               & (~cfg.v_c_on | vc_stream.o.valid)),
+                vu.i.payload.last.eq(v_stream.o.payload.last),
+                vu.i.valid.eq(operands_in),
+                v_stream.o.ready.eq(beat_in),
+                vb_stream.o.ready.eq(beat_in & cfg.v_b_on),
+                vc_stream.o.ready.eq(beat_in & cfg.v_c_on),
+            ]
+
         # -- C writer: result rows -> (bf16) -> masked word writes ----------------------------
         m.submodules.results = results = SyncFIFO(width=32 * C, depth=R)
         m.d.comb += [
@@ -785,6 +989,13 @@ class NeTile(wiring.Component):
                 src_keep.eq(1), src_bf16.eq(0), src_more.eq(~red_out.finished),
                 vu.o.ready.eq(w_room), red_out.next.eq(w_take),
             ]
+        with m.If(vectoring):
+            m.d.comb += [
+                src_valid.eq(vu.o.valid), src_data.eq(vu.o.payload),
+                src_addr.eq(vout.addr), src_cols.eq(vout.valid),
+                src_keep.eq(1), src_bf16.eq(cfg.v_d_bf16), src_more.eq(~vout.finished),
+                vu.o.ready.eq(w_room), vout.next.eq(w_take),
+            ]
         row = data.ArrayLayout(32, C)(src_data)
         row_bytes = Signal(32 * C)
         row_mask = Signal(4 * C)
@@ -811,7 +1022,7 @@ class NeTile(wiring.Component):
                          w_addr.eq(w_addr + 1)]
             with m.If(w_final):
                 m.d.sync += w_busy.eq(0)
-        with m.If(tile.start | red_start):
+        with m.If(tile.start | red_start | vec_start):
             m.d.sync += w_busy.eq(0)
 
         # -- Command sequencer -----------------------------------------------------------------
@@ -822,12 +1033,12 @@ class NeTile(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     m.d.sync += [latched.eq(self.cmd.payload), cycles.eq(0)]
-                    with m.If((self.cmd.payload.opcode == Opcode.MATMUL)
-                              | (self.cmd.payload.opcode == Opcode.REDUCE)):
-                        m.next = "CHECK"
-                    with m.Else():
-                        m.d.sync += error.eq(ErrorShape.BAD_OPCODE)
-                        m.next = "FAULT"
+                    with m.Switch(self.cmd.payload.opcode):
+                        with m.Case(Opcode.MATMUL, Opcode.VECTOR, Opcode.REDUCE, Opcode.MASK):
+                            m.next = "CHECK"
+                        with m.Default():
+                            m.d.sync += error.eq(ErrorShape.BAD_OPCODE)
+                            m.next = "FAULT"
             with m.State("FAULT"):
                 m.d.sync += cycles.eq(cycles + 1)
                 m.next = "DONE"
@@ -875,6 +1086,33 @@ class NeTile(wiring.Component):
                     cfg.red_bf16.eq(red.a_dtype == _DType.BF16),
                     cfg.red_op.eq(red.op),
                 ]
+                is_mask = opcode == Opcode.MASK
+                v_rows = Mux(is_mask, msk.rows, vec.rows)
+                a_es = Mux(~is_mask & (vec.a_dtype == _DType.BF16), 2, 4)
+                d_es = Mux(~is_mask & (vec.d_dtype == _DType.BF16), 2, 4)
+                lda = Mux(is_mask, msk.ld, vec.lda)
+                b_lane = Mux((vec.b_mode == _VBMode.TILE) | (vec.b_mode == _VBMode.COL), 4, 0)
+                b_k = Mux(vec.b_mode == _VBMode.TILE, 4 * vec.ldb,
+                          Mux(vec.b_mode == _VBMode.ROW, 4, 0))
+                m.d.sync += [
+                    cfg.v_rows.eq(v_rows), cfg.v_cols.eq(Mux(is_mask, msk.cols, vec.cols)),
+                    cfg.v_a.eq(Mux(is_mask, msk.a, vec.a)), cfg.v_b.eq(vec.b),
+                    cfg.v_c.eq(vec.c), cfg.v_dst.eq(Mux(is_mask, msk.dst, vec.dst)),
+                    cfg.v_a_step.eq(C * a_es), cfg.v_a_k.eq(lda * a_es),
+                    cfg.v_a_last.eq((v_rows - 1) * lda * a_es),
+                    cfg.v_b_lane.eq(b_lane), cfg.v_b_k.eq(b_k),
+                    cfg.v_b_last.eq((v_rows - 1) * b_k), cfg.v_b_step.eq(b_lane * C),
+                    cfg.v_c_k.eq(4 * lda), cfg.v_c_last.eq((v_rows - 1) * 4 * lda),
+                    cfg.v_d_row.eq(Mux(is_mask, msk.ld, vec.ldd) * d_es),
+                    cfg.v_d_step.eq(C * d_es), cfg.v_imm.eq(vec.imm),
+                    cfg.v_op.eq(Mux(is_mask, VectorOpShape.SELECT, vec.op)),
+                    cfg.v_a_bf16.eq(a_es == 2), cfg.v_d_bf16.eq(d_es == 2),
+                    cfg.v_b_on.eq(~is_mask & reads_b),
+                    cfg.v_c_on.eq(~is_mask & (vec.op == VectorOpShape.SELECT)),
+                    cfg.v_mask.eq(is_mask), cfg.causal.eq(msk.causal),
+                    cfg.q_shift.eq(msk.q_shift), cfg.q0.eq(msk.q0), cfg.k0.eq(msk.k0),
+                    cfg.klen.eq(msk.klen), cfg.window.eq(msk.window),
+                ]
                 m.next = "DECIDE"
             with m.State("DECIDE"):
                 m.d.sync += [cycles.eq(cycles + 1), error.eq(first_error)]
@@ -886,6 +1124,12 @@ class NeTile(wiring.Component):
                     with m.Else():
                         m.d.comb += red_start.eq(1)
                         m.next = "REDUCE"
+                with m.Elif((opcode == Opcode.VECTOR) | (opcode == Opcode.MASK)):
+                    with m.If((cfg.v_rows == 0) | (cfg.v_cols == 0)):
+                        m.next = "DONE"   # nothing to write
+                    with m.Else():
+                        m.d.comb += vec_start.eq(1)
+                        m.next = "VECTOR"
                 with m.Elif((cmd.m == 0) | (cmd.n == 0)):
                     m.next = "DONE"   # nothing to write
                 with m.Else():
@@ -900,6 +1144,11 @@ class NeTile(wiring.Component):
                 m.d.comb += reducing.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(red_out.finished & (~w_busy | w_final)):
+                    m.next = "DONE"
+            with m.State("VECTOR"):
+                m.d.comb += vectoring.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(vout.finished & (~w_busy | w_final)):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += self.done.valid.eq(1)

@@ -1,13 +1,16 @@
 """Cycle-approximate cost of each engine command, from :class:`~npusim.sw.params.HwParams`.
 
-The constants here are first estimates from the micro-architecture; the RTL issues fit them to
-measured RTL cycle counts (target: within 5 %).
+The NE-tile commands follow the RTL's structure (beats, scratchpad reads, fill and drain), with
+constants fitted to its cycle counts: within 5 % for MATMULs of 4x the array and up and for
+elementwise commands (checked by tests/hw/test_ne_tile.py). DMA and link costs are first
+estimates until the device and link RTL exist.
 """
 
 from math import ceil
 
 from ...firmware.microcode import microcode_length
-from ..isa.enums import Space, VectorOp
+from ..isa.enums import DType, Space, VBMode, VectorOp
+from ..numerics import OPERANDS
 
 __all__ = ["dma_cycles", "compute_cycles", "link_efficiency"]
 
@@ -41,16 +44,78 @@ def dma_cycles(p, src_space, dst_space, rows, row_bytes):
     return p.dma_setup + _latency(p, src_space, dst_space) + rows * per_row
 
 
+def _matmul_cycles(p, c):
+    """MATMUL on the NE tile, as the RTL runs it (``hw/ne/tile.py``): one beat per cycle per
+    k-step of every output tile (at least R per tile: one result row per cycle), unless the
+    scratchpad's one read per cycle is the bound (over the command, or in the first tile,
+    whose operands all stream in while it computes), plus fill and drain."""
+    R, C, WB = p.array_rows, p.array_cols, p.sram_bytes_per_cycle
+    tm, tn = ceil(c["m"] / R), ceil(c["n"] / C)
+    tiles = tm * tn
+    if tiles == 0:
+        return 2
+    k = max(c["k"], 1)
+    group_size = max(1, WB // (2 * C))       # column tiles one word of a B row serves
+    panel = c["k"] <= p.panel_depth
+    group = panel and not c["b_trans"] and group_size > 1
+
+    def run_words(length, addr, stride):
+        """Words a run of ``length`` bytes touches: exact when runs start on word boundaries,
+        else on average half a word more."""
+        if addr % WB == 0 and stride % WB == 0:
+            return ceil(length / WB)
+        return ceil((length + WB // 2) / WB)
+
+    def segment_words(lanes, contiguous_along_lanes, addr, ld):
+        if contiguous_along_lanes:            # a run of `lanes` elements per k-step
+            return k * run_words(2 * lanes, addr, 2 * ld)
+        return lanes * run_words(2 * k, addr, 2 * ld)   # a run of k elements per lane
+
+    a_words = segment_words(R, c["a_trans"], c["a"], c["lda"])
+    b_words = segment_words(group_size * C if group else C, not c["b_trans"], c["b"], c["ldb"])
+    if not panel:                        # both operands streamed per tile
+        a_segments = b_segments = tiles
+    elif not c["a_trans"]:               # B's panel per column line (of groups)
+        lines = ceil(tn / group_size) if group else tn
+        a_segments, b_segments = tm * lines, lines
+    else:                                # A's panel per row line
+        a_segments = tm
+        b_segments = tm * ceil(tn / group_size) if group else tiles
+    c_words = R * run_words(4 * C, c["c"], 4 * c["ldc"]) if c["acc"] else 0   # acc: C's rows
+    reads = a_segments * a_words + b_segments * b_words + tiles * c_words
+    beats = tiles * max(k, R)
+    first_tile = a_words + b_words + c_words
+    return round(p.matmul_overhead + p.matmul_fill_per_edge * (R + C)
+                 + max(beats + max(0, first_tile - k), reads))
+
+
+def _elementwise_cycles(p, c, uops, streams, row_b=False):
+    """VECTOR or MASK: one beat per row of each C-column block, each beat as long as its
+    micro-ops or its operand reads (a C-wide row of a, and of each other streamed operand),
+    plus b's column once per block in ROW mode."""
+    rows, cols, C, WB = c["rows"], c["cols"], p.vector_lanes, p.sram_bytes_per_cycle
+    blocks = ceil(cols / C)
+    es_a = 2 if c.get("a_dtype") == DType.BF16 else 4
+    reads_per_beat = ceil(C * es_a / WB) + streams * ceil(4 * C / WB)
+    column = blocks * ceil(4 * rows / WB) if row_b else 0
+    return p.vector_overhead + rows * blocks * max(uops, reads_per_beat) + column
+
+
 def compute_cycles(p, name, c):
     """An NE-tile command with resolved fields ``c``."""
     if name == "MATMUL":
-        tiles = ceil(c["m"] / p.array_rows) * ceil(c["n"] / p.array_cols)
-        return tiles * (c["k"] + p.matmul_tile_overhead) if tiles else p.vector_overhead
+        return _matmul_cycles(p, c)
     if name == "VECTOR":
-        uops = microcode_length(VectorOp(c["op"]))
-        return c["rows"] * ceil(c["cols"] / p.vector_lanes) * uops + p.vector_overhead
+        op = VectorOp(c["op"])
+        reads_b = OPERANDS[op] > 1
+        streams = int(reads_b and c["b_mode"] == VBMode.TILE) + int(op == VectorOp.SELECT)
+        return _elementwise_cycles(p, c, microcode_length(op), streams,
+                                   row_b=reads_b and c["b_mode"] == VBMode.ROW)
     if name == "REDUCE":
-        return ceil(c["rows"] / p.vector_lanes) * c["cols"] + p.vector_overhead
+        # per block of `lanes` rows: a beat per column, and the lanes' first words
+        es = 2 if c["a_dtype"] == DType.BF16 else 4
+        block = c["cols"] + ceil(p.vector_lanes * es / 8)
+        return ceil(c["rows"] / p.vector_lanes) * block + p.vector_overhead
     if name == "MASK":
-        return c["rows"] * ceil(c["cols"] / p.vector_lanes) + p.vector_overhead
+        return _elementwise_cycles(p, c, 1, 0)
     raise KeyError(name)

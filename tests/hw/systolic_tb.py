@@ -19,7 +19,6 @@ Environment (set by the pytest side):
     Seed of the tile generators and pause generators (default 1).
 """
 
-import itertools
 import os
 import random
 from collections import deque
@@ -30,6 +29,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge
 
+from npusim.cosim.ne_tile import never, random_pauses  # shared with the NE tile's driver
 from npusim.hw.ne.systolic import SystolicArray
 from npusim.sw.numerics import matmul_bf16
 
@@ -182,22 +182,6 @@ class Packer:
         """The inverse of :meth:`rows_of` for any number of rows."""
         raw = b"".join(p.to_bytes(4 * self.cols, "little") for p in payloads)
         return np.frombuffer(raw, dtype="<u4").reshape(-1, self.cols).astype(np.uint32)
-
-
-# -- Pause generators (alexforencich style) ----------------------------------------------------
-
-def never():
-    """A pause generator that never pauses."""
-    return itertools.repeat(False)
-
-
-def random_pauses(rng, busy):
-    """Pauses with a probability that changes every few dozen cycles (between 0 and ``busy``),
-    so both long stalls and sparse bubbles occur."""
-    while True:
-        probability = rng.choice([0.0, 0.1, 0.3, busy])
-        for _ in range(rng.randint(8, 64)):
-            yield rng.random() < probability
 
 
 # -- The testbench -----------------------------------------------------------------------------
