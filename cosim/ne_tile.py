@@ -9,7 +9,8 @@ parts that do not decide what to test live here:
 * :func:`command_payload`, a resolved compute command as the ``cmd`` payload, and
   :func:`fm_run`, the same command on the functional model (the oracle);
 * :class:`NeTileDriver`, the cocotb coroutines: clock and reset, loading and reading back the
-  whole SRAM through ``dma`` (with optional pauses), one command with its ``done`` beat;
+  whole SRAM through ``dma`` (with optional pauses), one command with its ``done`` beat, and
+  one command checked against the oracle (:meth:`NeTileDriver.checked`);
 * the pause generators :func:`never` and :func:`random_pauses`.
 
 The driver takes the :class:`~npusim.sw.params.HwParams` the design was built with
@@ -31,6 +32,7 @@ from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge, with
 
 from ..hw.isa import COMPUTE_COMMANDS, ComputeCommand, Opcode, resolved_layout
 from ..hw.ne.tile import NeTile, done_layout
+from ..firmware.microcode import PROGRAMS
 from ..sw.fm import compute
 from ..sw.fm.fault import DeviceFault
 from ..sw.fm.memory import DenseMemory
@@ -271,3 +273,48 @@ class NeTileDriver:
         dut.dma_rd_addr__valid.value = 0
         return Outcome(error=ErrorCode(value & ((1 << self._error_bits) - 1)),
                        cycles=value >> self._cycles_at, wall=time.perf_counter() - started)
+
+    # -- against the oracle ----------------------------------------------------------------------
+
+    def budget(self, name, f):
+        """A generous cycle budget for compute command ``name`` with fields ``f``: a hang
+        fails the test instead of stalling it, a slow but finishing command passes."""
+        R, C = self.rows, self.cols
+        if name == "MATMUL":
+            tiles = -(-f["m"] // R) * -(-f["n"] // C)
+            return 8 * tiles * (f["k"] + 4 * (R + C) + 20) + 1000
+        if name == "REDUCE":
+            return 8 * -(-f["rows"] // C) * (max(f["cols"], 1) + 40) + 1000
+        longest = max(len(program) for program in PROGRAMS.values())  # VECTOR, MASK
+        return 8 * (f.get("rows", 0) + 1) * (f.get("cols", 0) // C + 1) * longest + 2000
+
+    async def checked(self, name, f, label, *, background_reads=None, dump_pauses=None,
+                      check_memory=True, locate=None):
+        """Run compute command ``name`` (fields ``f``) on the tile and on the functional model
+        over :attr:`image`: the error codes must be equal and (with ``check_memory``) the
+        whole SRAM, read back through ``dma``, equal to the model's memory bit for bit.
+        :attr:`image` becomes the model's memory. ``locate(bad_bytes)`` may say in words
+        where differing bytes are. Returns the :class:`Outcome`."""
+        expected_error, expected_image = fm_run(self.image, name, f)
+        outcome = await self.command(command_payload(name, f), self.budget(name, f),
+                                     background_reads=background_reads)
+        if outcome.error != expected_error:
+            raise AssertionError(f"{label}: error {outcome.error.name}, the model says "
+                                 f"{expected_error.name}")
+        self.image = expected_image.copy()
+        if check_memory:
+            await self.check_memory(label, pauses=dump_pauses, locate=locate)
+        return outcome
+
+    async def check_memory(self, label, pauses=None, locate=None):
+        """Read SRAM back and compare it with :attr:`image` (``locate``: as in
+        :meth:`checked`)."""
+        got = await self.dump(pauses)
+        bad = np.flatnonzero(got != self.image)
+        if len(bad):
+            lines = [f"  byte {int(i):#06x}: got {int(got[i]):#04x}, expected "
+                     f"{int(self.image[i]):#04x}" for i in bad[:12]]
+            if locate is not None:
+                lines.append("  " + locate(bad))
+            raise AssertionError(f"{label}: {len(bad)} SRAM bytes differ (seed "
+                                 f"{self.seed}):\n" + "\n".join(lines))

@@ -51,11 +51,6 @@ GEMM_ARRAYS = {
 }
 
 
-#: The HwParams fields the NE tile's RTL depends on (recorded per array).
-_TILE_PARAMS = ("array_rows", "array_cols", "vector_lanes", "sram_bytes", "sram_banks",
-                "sram_bytes_per_cycle", "panel_depth")
-
-
 def _gemm_fields(m, n, k, sram_bytes, *, b_trans=0, acc=0, bf16_c=False):
     """A dense MATMUL: A (M x K) at 0, B (K x N, or N x K with ``b_trans``) and C (M x N)
     after it, each at the next multiple of 64 bytes; ``None`` if it does not fit in SRAM."""
@@ -128,8 +123,7 @@ def bench_gemm(arrays=None, shapes=gemm_shapes, seed=1):
             measured = json.loads(result.read_text())
         builds[label] = {"seconds": round(design.seconds, 1), "cached": design.cached,
                          "simulation_seconds": round(ran.seconds, 1),
-                         "params": {f: getattr(params, f) for f in _TILE_PARAMS
-                                    if hasattr(params, f)}}
+                         "params": params.as_dict()}
         total_cycles += measured["cycles"]
         total_wall += measured["command_wall_s"]
         for shape, got in zip(plan, measured["shapes"], strict=True):

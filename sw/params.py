@@ -55,6 +55,12 @@ class HwParams:
         return self.link_lanes * self.link_bytes_per_lane
 
     @property
+    def group_tiles(self):
+        """Column tiles one scratchpad word of a bf16 B row covers: the NE tile's group mode
+        fetches B that wide and serves that many output tiles from it."""
+        return max(1, self.sram_bytes_per_cycle // (2 * self.array_cols))
+
+    @property
     def macs_per_cycle(self):
         return self.array_rows * self.array_cols
 

@@ -8,6 +8,8 @@ reports one ``done`` beat per command with its error code and its cycle count. T
 operation, ports and timing: ``docs/hw/ne_tile.md``.
 """
 
+import operator
+from functools import reduce
 from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
@@ -62,6 +64,30 @@ def _to_bf16(f):
     is_nan = (f[23:31] == 0xFF) & (f[:23] != 0)
     rounded = (f + 0x7FFF + f[16])[16:32]
     return Mux(is_nan, 0x7FC0, rounded)
+
+
+def _offer_together(m, name, offers, active, restart):
+    """Offer one payload on each stream of ``offers`` (``{key: (stream, used)}``) per step
+    while ``active``: a used stream's ``valid`` stays high until it is taken, and the step
+    ends (the returned signal) in the cycle the last used one is taken. ``restart`` forgets
+    what was taken. Outside ``active`` the streams are not driven here, so several callers
+    may share a stream as long as one is active at a time."""
+    step = Signal(name=f"{name}_step")
+    sent, done = [], []
+    for key, (port, used) in offers.items():
+        was_sent = Signal(name=f"{name}_{key}_sent")
+        is_done = Signal(name=f"{name}_{key}_done")
+        with m.If(active):
+            m.d.comb += port.valid.eq(used & ~was_sent)
+        m.d.comb += is_done.eq(was_sent | ~used | (port.valid & port.ready))
+        sent.append(was_sent)
+        done.append(is_done)
+    m.d.comb += step.eq(active & reduce(operator.and_, done))
+    with m.If(restart | step):
+        m.d.sync += [s.eq(0) for s in sent]
+    with m.Else():
+        m.d.sync += [s.eq(d) for s, d in zip(sent, done)]
+    return step
 
 
 class _Walker:
@@ -297,7 +323,7 @@ class NeTile(wiring.Component):
         m.submodules.a_stream = a_stream = OperandStream(R, addr_width=aw, word_bytes=WB)
         # B's stream is a group of G column tiles wide (as many columns as a word holds): in
         # group mode one segment serves G tiles; otherwise only its first C lanes are used.
-        G = max(1, WB // (2 * C))
+        G = self.params.group_tiles
         GB = G * C
         m.submodules.b_stream = b_stream = OperandStream(GB, addr_width=aw, word_bytes=WB)
         m.submodules.vector_unit = vu = VectorUnit(self.params.vector_lanes)
@@ -499,8 +525,6 @@ class NeTile(wiring.Component):
         # kept in the outer panel and replayed for every tile of the line), else one per
         # tile; the inner one one per group in group mode (kept in the inner panel and
         # replayed for the group's tiles), else one per tile.
-        a_sent = Signal()
-        b_sent = Signal()
         issuing = Signal()
         a_needed = Signal()
         b_needed = Signal()
@@ -515,14 +539,12 @@ class NeTile(wiring.Component):
         ]
         a_cfg, b_cfg = a_stream.config, b_stream.config
         m.d.comb += [
-            a_cfg.valid.eq(issuing & a_needed & ~a_sent),
             a_cfg.payload.base.eq(issue.a_base),
             a_cfg.payload.lane_stride.eq(cfg.a_lane_stride),
             a_cfg.payload.k_stride.eq(cfg.a_k_stride),
             a_cfg.payload.count.eq(cfg.k_count),
             a_cfg.payload.last_offset.eq(cfg.a_last_offset),
             a_cfg.payload.lanes.eq(Mux(cfg.zero_k, 0, issue.rows_valid)),
-            b_cfg.valid.eq(issuing & b_needed & ~b_sent),
             b_cfg.payload.base.eq(issue.b_base),
             b_cfg.payload.lane_stride.eq(cfg.b_lane_stride),
             b_cfg.payload.k_stride.eq(cfg.b_k_stride),
@@ -533,15 +555,8 @@ class NeTile(wiring.Component):
                                            Mux(issue.cols_left > GB, GB, issue.cols_left),
                                            issue.cols_valid))),
         ]
-        a_done = Signal()
-        b_done = Signal()
-        m.d.comb += [a_done.eq(a_sent | ~a_needed | (a_cfg.valid & a_cfg.ready)),
-                     b_done.eq(b_sent | ~b_needed | (b_cfg.valid & b_cfg.ready)),
-                     issue.next_tile.eq(issuing & a_done & b_done)]
-        with m.If(tile.start | issue.next_tile):
-            m.d.sync += [a_sent.eq(0), b_sent.eq(0)]
-        with m.Else():
-            m.d.sync += [a_sent.eq(a_done), b_sent.eq(b_done)]
+        m.d.comb += issue.next_tile.eq(_offer_together(
+            m, "issue", {"a": (a_cfg, a_needed), "b": (b_cfg, b_needed)}, issuing, tile.start))
 
         # -- Panel buffers ---------------------------------------------------------------------
         # The outer panel holds the outer operand's vectors for a line (B's group-wide ones
@@ -710,39 +725,20 @@ class NeTile(wiring.Component):
                 Mux(cfg.group & ~cfg.outer_b, inner.short, b_stream.urgent))),
         ]
         rd = port.rd_addr
-        a_take = Signal()    # A rather than B at the level that is served
-        b_take = Signal()
-        with m.If(r_urgent):
-            pass
-        with m.Elif(a_urgent | b_urgent):
-            m.d.comb += [a_take.eq(a_urgent & (~b_urgent | ~prefer_b)),
-                         b_take.eq(b_urgent & (~a_urgent | prefer_b))]
-        with m.Elif(~r_req_valid):
-            m.d.comb += [a_take.eq(a_stream.req.valid & (~b_stream.req.valid | ~prefer_b)),
-                         b_take.eq(b_stream.req.valid & (~a_stream.req.valid | prefer_b))]
-        with m.If(r_urgent):
-            m.d.comb += [rd.valid.eq(1),
-                         rd.payload.eq((init.row_addr >> ws) + r_word),
-                         r_grant.eq(rd.ready)]
-        with m.Elif(a_take):
-            m.d.comb += [rd.valid.eq(1), rd.payload.eq(a_stream.req.payload),
-                         a_grant.eq(rd.ready)]
-        with m.Elif(b_take):
-            m.d.comb += [rd.valid.eq(1), rd.payload.eq(b_stream.req.payload),
-                         b_grant.eq(rd.ready)]
-        with m.Elif(r_req_valid):
-            m.d.comb += [rd.valid.eq(1),
-                         rd.payload.eq((init.row_addr >> ws) + r_word),
-                         r_grant.eq(rd.ready)]
-        with m.Elif(v_stream.req.valid):
-            m.d.comb += [rd.valid.eq(1), rd.payload.eq(v_stream.req.payload),
-                         v_stream.req.ready.eq(rd.ready)]
-        with m.Elif(vb_stream.req.valid):
-            m.d.comb += [rd.valid.eq(1), rd.payload.eq(vb_stream.req.payload),
-                         vb_stream.req.ready.eq(rd.ready)]
-        with m.Elif(vc_stream.req.valid):
-            m.d.comb += [rd.valid.eq(1), rd.payload.eq(vc_stream.req.payload),
-                         vc_stream.req.ready.eq(rd.ready)]
+        r_request = (init.row_addr >> ws) + r_word
+        # (request, word address, grant) in priority order; the first request wins
+        requesters = [
+            (r_urgent, r_request, r_grant),
+            (a_urgent & (~b_urgent | ~prefer_b), a_stream.req.payload, a_grant),
+            (b_urgent, b_stream.req.payload, b_grant),
+            (r_req_valid, r_request, r_grant),
+            (a_stream.req.valid & (~b_stream.req.valid | ~prefer_b), a_stream.req.payload,
+             a_grant),
+            (b_stream.req.valid, b_stream.req.payload, b_grant),
+        ] + [(s.req.valid, s.req.payload, s.req.ready) for s in (v_stream, vb_stream, vc_stream)]
+        for n, (request, address, grant) in enumerate(requesters):
+            with (m.If if n == 0 else m.Elif)(request):
+                m.d.comb += [rd.valid.eq(1), rd.payload.eq(address), grant.eq(rd.ready)]
         with m.If(a_grant):
             m.d.sync += prefer_b.eq(1)
         with m.Elif(b_grant):
@@ -780,15 +776,12 @@ class NeTile(wiring.Component):
                                                      else 4 * C))]
                 with m.If(pos.rows_left <= C):
                     m.d.sync += pos.finished.eq(1)
-        seg_sent = Signal()
-        cmd_sent = Signal()
         red_issuing = Signal()
-        seg_done = Signal()
-        cmd_done = Signal()
         v_cfg = v_stream.config
         m.d.comb += [
             red_issuing.eq(reducing & ~red_in.finished),
-            v_cfg.valid.eq(red_issuing & ~seg_sent),
+            red_in.next.eq(_offer_together(m, "red_in", {"seg": (v_cfg, 1), "cmd": (vu.cmd, 1)},
+                                           red_issuing, red_start)),
             v_cfg.payload.base.eq(red_in.addr),
             v_cfg.payload.lane_stride.eq(cfg.red_lane_stride),
             v_cfg.payload.k_stride.eq(cfg.red_k_stride),
@@ -796,17 +789,9 @@ class NeTile(wiring.Component):
             v_cfg.payload.last_offset.eq(cfg.red_last_offset),
             v_cfg.payload.lanes.eq(Mux(cfg.red_zero, 0, red_in.valid)),
             v_cfg.payload.narrow.eq(cfg.red_bf16),
-            vu.cmd.valid.eq(red_issuing & ~cmd_sent),
             vu.cmd.payload.mode.eq(Mode.REDUCE),
             vu.cmd.payload.red_op.eq(cfg.red_op),
-            seg_done.eq(seg_sent | (v_cfg.valid & v_cfg.ready)),
-            cmd_done.eq(cmd_sent | (vu.cmd.valid & vu.cmd.ready)),
-            red_in.next.eq(red_issuing & seg_done & cmd_done),
         ]
-        with m.If(red_start | red_in.next):
-            m.d.sync += [seg_sent.eq(0), cmd_sent.eq(0)]
-        with m.Else():
-            m.d.sync += [seg_sent.eq(seg_done), cmd_sent.eq(cmd_done)]
         # Beats: column j of the block; bf16 widened exactly; with no columns one beat that
         # leaves the identity as it is (SUM: +0 + -0 = +0; MAX: max(-inf, -inf) = -inf).
         filler = Mux(cfg.red_op == RedOpShape.MAX, 0xFF80_0000, 0x8000_0000)
@@ -865,18 +850,13 @@ class NeTile(wiring.Component):
         # Issue: per block a segment to each stream in use and a command to the vector unit.
         vb_cfg, vc_cfg = vb_stream.config, vc_stream.config
         v_issuing = Signal()
-        sent = {name: Signal(name=f"vin_{name}_sent") for name in ("a", "b", "c", "cmd")}
-        done_ = {name: Signal(name=f"vin_{name}_done") for name in sent}
-        offers = {"a": (v_cfg, 1), "b": (vb_cfg, cfg.v_b_on), "c": (vc_cfg, cfg.v_c_on),
-                  "cmd": (vu.cmd, 1)}
-        for name, (port_, used) in offers.items():
-            m.d.comb += done_[name].eq(sent[name] | ~used | (port_.valid & port_.ready))
-        m.d.comb += [v_issuing.eq(vectoring & ~vin.finished),
-                     vin.next.eq(v_issuing & done_["a"] & done_["b"] & done_["c"]
-                                 & done_["cmd"])]
+        m.d.comb += [
+            v_issuing.eq(vectoring & ~vin.finished),
+            vin.next.eq(_offer_together(
+                m, "vin", {"a": (v_cfg, 1), "b": (vb_cfg, cfg.v_b_on), "c": (vc_cfg, cfg.v_c_on),
+                           "cmd": (vu.cmd, 1)}, v_issuing, vec_start)),
+        ]
         with m.If(vectoring):
-            for name, (port_, used) in offers.items():
-                m.d.comb += port_.valid.eq(v_issuing & used & ~sent[name])
             for port_, base, lane_stride, k_stride, last_offset in (
                     (v_cfg, vin.a, Mux(cfg.v_a_bf16, 2, 4), cfg.v_a_k, cfg.v_a_last),
                     (vb_cfg, vin.b, cfg.v_b_lane, cfg.v_b_k, cfg.v_b_last),
@@ -890,10 +870,6 @@ class NeTile(wiring.Component):
             m.d.comb += [v_cfg.payload.narrow.eq(cfg.v_a_bf16),
                          vu.cmd.payload.mode.eq(Mode.ELEMENTWISE),
                          vu.cmd.payload.op.eq(cfg.v_op)]
-        with m.If(vec_start | vin.next):
-            m.d.sync += [s.eq(0) for s in sent.values()]
-        with m.Else():
-            m.d.sync += [sent[name].eq(done_[name]) for name in sent]
 
         # Beats: row i of the block; a bf16 widened exactly; MASK's mask per lane.
         beat_row = Signal(16)             # row and first column of the beat going in

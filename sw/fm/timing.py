@@ -55,7 +55,7 @@ def _matmul_cycles(p, c):
     if tiles == 0:
         return 2
     k = max(c["k"], 1)
-    group_size = max(1, WB // (2 * C))       # column tiles one word of a B row serves
+    group_size = p.group_tiles
     panel = c["k"] <= p.panel_depth
     group = panel and not c["b_trans"] and group_size > 1
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import cocotb
 import numpy as np
 
-from npusim.cosim.ne_tile import NeTileDriver, command_payload, fm_run, random_pauses
+from npusim.cosim.ne_tile import NeTileDriver, fm_run, random_pauses
 from npusim.hw.isa import Opcode
 from npusim.sw.fm import timing
 from npusim.sw.isa.enums import DType, ErrorCode, RedOp
@@ -184,54 +184,19 @@ class TB(NeTileDriver):
     def pauses(self, stream_, busy=0.6):
         return random_pauses(random.Random(self.seed * 1000 + stream_), busy)
 
-    def budget(self, f):
-        """A generous cycle budget for MATMUL ``f``."""
-        tiles = -(-f["m"] // self.rows) * -(-f["n"] // self.cols)
-        return 8 * tiles * (f["k"] + 4 * (self.rows + self.cols) + 20) + 500
-
     async def matmul(self, f, what="", *, check_memory=True, dump_pauses=None,
                      background_reads=None):
         """Run MATMUL ``f`` on the tile and on the model; compare the error code and (with
         ``check_memory``) the whole SRAM. Returns the :class:`~npusim.cosim.ne_tile.Outcome`."""
-        expected_error, expected_image = fm_run(self.image, "MATMUL", f)
-        outcome = await self.command(command_payload("MATMUL", f), self.budget(f),
-                                     background_reads=background_reads)
-        label = f"{what}: {describe(f)}"
-        if outcome.error != expected_error:
-            raise AssertionError(f"{label}: error {outcome.error.name}, the model says "
-                                 f"{expected_error.name}")
-        self.image = expected_image.copy()
-        if check_memory:
-            await self.check_memory(label, pauses=dump_pauses, f=f)
-        return outcome
+        return await self.checked("MATMUL", f, f"{what}: {describe(f)}",
+                                  background_reads=background_reads, dump_pauses=dump_pauses,
+                                  check_memory=check_memory,
+                                  locate=lambda bad: self._locate(f, bad))
 
     async def reduce(self, f, what="", *, check_memory=True):
         """Run REDUCE ``f`` on the tile and on the model, like :meth:`matmul`."""
-        expected_error, expected_image = fm_run(self.image, "REDUCE", f)
-        blocks = -(-f["rows"] // self.cols)
-        outcome = await self.command(command_payload("REDUCE", f),
-                                     8 * blocks * (max(f["cols"], 1) + 40) + 500)
-        label = f"{what}: {describe_reduce(f)}"
-        if outcome.error != expected_error:
-            raise AssertionError(f"{label}: error {outcome.error.name}, the model says "
-                                 f"{expected_error.name}")
-        self.image = expected_image.copy()
-        if check_memory:
-            await self.check_memory(label)
-        return outcome
-
-    async def check_memory(self, label, pauses=None, f=None):
-        """Read SRAM back and compare it with the model's memory (``f``: a MATMUL, to say
-        which C elements differ)."""
-        got = await self.dump(pauses)
-        bad = np.flatnonzero(got != self.image)
-        if len(bad):
-            lines = [f"  byte {int(i):#06x}: got {int(got[i]):#04x}, expected "
-                     f"{int(self.image[i]):#04x}" for i in bad[:12]]
-            if f is not None:
-                lines.append("  " + self._locate(f, bad))
-            raise AssertionError(f"{label}: {len(bad)} SRAM bytes differ (NE_TILE_SEED="
-                                 f"{self.seed}):\n" + "\n".join(lines))
+        return await self.checked("REDUCE", f, f"{what}: {describe_reduce(f)}",
+                                  check_memory=check_memory)
 
     def _locate(self, f, bad):
         """Which C elements the differing bytes belong to (for messages)."""

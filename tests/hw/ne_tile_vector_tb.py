@@ -20,7 +20,7 @@ from pathlib import Path
 import cocotb
 import numpy as np
 
-from npusim.cosim.ne_tile import NeTileDriver, command_payload, fm_run
+from npusim.cosim.ne_tile import NeTileDriver, fm_run
 from npusim.sw import numerics as nx
 from npusim.sw.fm import timing
 from npusim.sw.isa.enums import DType, ErrorCode, RedOp, VBMode, VectorOp
@@ -58,29 +58,10 @@ class TB(NeTileDriver):
         image[-MASK_REGION:] = masks.view(np.uint8)
         return image
 
-    def budget(self, name, f):
-        rows, cols = f.get("rows", 0), f.get("cols", 0)
-        uops = max((len(p) for p in nx.PROGRAMS.values()), default=1)
-        return 8 * (rows + 1) * (cols // self.cols + 1) * uops + 2000
-
     async def run(self, name, f, what=""):
         """Run compute command ``name`` on the tile and on the model; compare the error code
         and the whole SRAM. Returns the :class:`~npusim.cosim.ne_tile.Outcome`."""
-        expected_error, expected_image = fm_run(self.image, name, f)
-        outcome = await self.command(command_payload(name, f), self.budget(name, f))
-        label = f"{what}: {name} {describe(f)}"
-        if outcome.error != expected_error:
-            raise AssertionError(f"{label}: error {outcome.error.name}, the model says "
-                                 f"{expected_error.name}")
-        self.image = expected_image.copy()
-        got = await self.dump()
-        bad = np.flatnonzero(got != self.image)
-        if len(bad):
-            lines = [f"  byte {int(i):#06x}: got {int(got[i]):#04x}, expected "
-                     f"{int(self.image[i]):#04x}" for i in bad[:12]]
-            raise AssertionError(f"{label}: {len(bad)} SRAM bytes differ (NE_TILE_SEED="
-                                 f"{self.seed}):\n" + "\n".join(lines))
-        return outcome
+        return await self.checked(name, f, f"{what}: {name} {describe(f)}")
 
 
 def describe(f):
