@@ -112,7 +112,8 @@ def compute_cycles(p, name, c):
         return _elementwise_cycles(p, c, microcode_length(op), streams,
                                    row_b=reads_b and c["b_mode"] == VBMode.ROW)
     if name == "REDUCE":
-        # per block of `lanes` rows: a beat per column, and the lanes' first words
+        # per block of `lanes` rows: a beat per column, and the lanes' first words (fitted:
+        # lanes x element bytes / 8 cycles)
         es = 2 if c["a_dtype"] == DType.BF16 else 4
         block = c["cols"] + ceil(p.vector_lanes * es / 8)
         return ceil(c["rows"] / p.vector_lanes) * block + p.vector_overhead

@@ -259,9 +259,10 @@ def _error_cases(tb):
     """Directed faulting (and edge) MATMULs: ``(name, fields, expected code)``."""
     R, C, size = tb.rows, tb.cols, tb.size
     E = ErrorCode
-    base = dict(a=0, lda=16, b=0x400, ldb=16, c=0x800, ldc=16, a_trans=0, b_trans=0, acc=0,
+    ld = 16 if C < 16 else 32              # row strides of A, B and C: room for C + 1 columns
+    base = dict(a=0, lda=ld, b=0x400, ldb=ld, c=0x800, ldc=ld, a_trans=0, b_trans=0, acc=0,
                 c_dtype=DType.FP32, m=R + 1, n=C + 1, k=8)
-    c_end = 0x800 + 4 * (R * 16 + C + 1)   # one past base's C
+    c_end = 0x800 + 4 * (R * ld + C + 1)   # one past base's C
 
     def case(name, code, **changes):
         return name, {**base, **changes}, code
@@ -294,7 +295,7 @@ def _error_cases(tb):
         case("C overlaps B", E.OPERAND_OVERLAP, c=0x404),
         case("C ends where A starts is fine", E.OK, a=c_end),
         case("C overlaps A's first byte", E.OPERAND_OVERLAP, a=c_end - 2),
-        case("C overlaps B's last byte", E.OPERAND_OVERLAP, c=0x400 + 2 * (7 * 16 + C + 1) - 2,
+        case("C overlaps B's last byte", E.OPERAND_OVERLAP, c=0x400 + 2 * (7 * ld + C + 1) - 2,
              c_dtype=DType.BF16),
         case("empty C inside A overlaps", E.OPERAND_OVERLAP, c=0x10, n=0),
         case("empty C at A's start does not overlap", E.OK, c=0, n=0),
