@@ -190,18 +190,21 @@ class SystolicArray(wiring.Component):
           rows of :attr:`init` instead of +0.
 
         Beats are buffered (two deep) before they enter the array; ``ready`` is low only while
-        that buffer is full, which happens when the array stalls (``result`` back-pressure),
-        when a ``last`` beat waits for the result port (``K < rows``) or when a ``first`` beat
-        with ``load`` waits for its initial rows on :attr:`init`. ``valid`` may drop between
+        that buffer is full, which happens when the array stalls (``result`` back-pressure, or
+        a loaded tile's initial row not there when due), when a ``last`` beat waits for the
+        result port (``K < rows``) or when a ``first`` beat with ``load`` waits for its first
+        initial row on :attr:`init`. ``valid`` may drop between
         any two beats: the gap passes through the array as a bubble.
     init : ``In(stream.Signature(ArrayLayout(32, cols)))``
         Initial accumulator rows for tiles whose first beat has ``load``: exactly ``rows``
         beats per such tile, row 0 first, in tile order; ``init[j]`` is the fp32 bit pattern
         of ``acc[i][j]``. Rows are queued (:attr:`init_depth` deep, at least one whole tile),
         independently of :attr:`feed`: they may arrive before, with or after the tile's first
-        beat. A ``first`` beat with ``load`` enters the array only once all ``rows`` of its
-        initial rows are queued (it waits at the head of the feed buffer meanwhile; tiles
-        behind it wait too, tiles ahead of it finish and drain).
+        beat. A ``first`` beat with ``load`` enters the array once its row 0 is queued (it
+        waits at the head of the feed buffer meanwhile; tiles behind it wait too, tiles ahead
+        of it finish and drain); row ``i`` is taken ``i`` cycles of advance later, and the
+        whole array stalls while it is not queued, so the rows may stream in one per cycle
+        with the tile's first beats.
     result : ``Out(stream.Signature(ArrayLayout(32, cols)))``
         Each finished tile as ``rows`` beats, row 0 first, in tile order: ``result[j]`` is
         the fp32 bit pattern of ``C[i][j]``. While ``ready`` is low and the two-deep result
@@ -286,9 +289,9 @@ class SystolicArray(wiring.Component):
             result_queue.r_en.eq(self.result.ready),
         ]
 
-        # The whole array moves in lock-step; it stalls only when the result buffer is full.
+        # The whole array moves in lock-step; it stalls while the result buffer is full or an
+        # initial row is due and not queued.
         advance = Signal()
-        m.d.comb += advance.eq(result_queue.w_rdy)
 
         # -- Admission: which beat enters the array in this cycle -------------------------------
         head = feed_layout(feed_queue.r_data)
@@ -302,7 +305,8 @@ class SystolicArray(wiring.Component):
         take = Signal()
         m.d.comb += [
             last_ok.eq(result_gap == 0),
-            load_ok.eq((init_pending <= 1) & (init_queue.level >= rows + init_pending)),
+            load_ok.eq((init_pending <= 1) & (init_queue.level >= 1 + init_pending)),
+            advance.eq(result_queue.w_rdy & ((init_pending == 0) | init_queue.r_rdy)),
             take.eq(advance & feed_queue.r_rdy
                     & (~head.last | last_ok)
                     & (~(head.first & head.load) | load_ok)),

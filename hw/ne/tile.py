@@ -12,7 +12,7 @@ import operator
 from functools import reduce
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -211,7 +211,12 @@ class _Panel:
         self.ready = Signal(name=f"{name}_ready")
         self.data = Signal(width, name=f"{name}_data")
         self.release = Signal(name=f"{name}_release")
-        self.short = Signal(name=f"{name}_short")   # the feed is about to wait for a write
+        # Reads the producer needs before its next vector beyond the first (a panel whose
+        # vectors gather from one word per lane gets them in batches): a driven input.
+        self.refill = Signal(range(depth), name=f"{name}_refill")
+        # Vectors ahead of the feed, less `refill`; the feed is about to wait while short.
+        self.margin = Signal(signed(_log2(depth) + 3), name=f"{name}_margin")
+        self.short = Signal(name=f"{name}_short")
         m.submodules[f"{name}_panel"] = mem = memory.Memory(shape=width, depth=2 * depth,
                                                             init=[])
         wr = mem.write_port()
@@ -228,7 +233,8 @@ class _Panel:
             rd.addr.eq(Cat(self.read_k, read_bank)),
             self.data.eq(rd.data),
             self.ready.eq((ahead != 0) | (self.read_k < write_k)),
-            self.short.eq((ahead == 0) & (write_k < self.read_k + _PANEL_RUNWAY)),
+            self.margin.eq(Mux(ahead == 0, write_k - self.read_k - self.refill, depth)),
+            self.short.eq(self.margin < _PANEL_RUNWAY),
         ]
         with m.If(start):
             m.d.sync += [write_k.eq(0), write_bank.eq(0), read_bank.eq(0), ahead.eq(0)]
@@ -615,8 +621,6 @@ class NeTile(wiring.Component):
                 m.d.comb += [inner_ok.eq(b_stream.o.valid), feed_a.eq(outer.data),
                              b_vector.eq(b_stream.o.payload.data),
                              b_stream.o.ready.eq(feed.ready & outer.ready)]
-            with m.If(feed_go):
-                m.d.sync += feed_k.eq(Mux(feed.payload.last, 0, feed_k + 1))
         with m.Else():
             m.d.comb += [
                 feed.valid.eq(a_stream.o.valid & b_stream.o.valid),
@@ -627,6 +631,8 @@ class NeTile(wiring.Component):
                 a_stream.o.ready.eq(feed.ready & b_stream.o.valid),
                 b_stream.o.ready.eq(feed.ready & a_stream.o.valid),
             ]
+        with m.If(feed_go):
+            m.d.sync += feed_k.eq(Mux(feed.payload.last, 0, feed_k + 1))
         with m.If(tile.start):
             m.d.sync += feed_k.eq(0)
         m.d.comb += [
@@ -641,9 +647,10 @@ class NeTile(wiring.Component):
         # Pipelined: the words of a row are requested back to back, the next row's right
         # after; a row is assembled in the window as its last word arrives and queued in
         # `init_rows`. A row starts only when the queue will have room for it. Padded rows
-        # (past M) are queued as zeros, without reads.
+        # (past M) are queued as zeros, without reads. Three rows in flight (requested,
+        # arriving, queued) keep it at a row per cycle.
         window_bits = nw * WB * 8
-        m.submodules.init_rows = init_rows = SyncFIFO(width=32 * C, depth=2)
+        m.submodules.init_rows = init_rows = SyncFIFO(width=32 * C, depth=3)
         r_window = Signal(window_bits)
         r_word = Signal(range(nw + 1))   # next word of the row to request
         r_resp = Signal()                # a requested word arrives in this cycle ...
@@ -652,7 +659,7 @@ class NeTile(wiring.Component):
         r_resp_zero = Signal()           # the row is padding
         r_resp_off = Signal(ws)          # its byte offset in the window
         r_resp_cols = Signal(range(C + 1))
-        r_rows_out = Signal(range(3))    # rows started, not queued yet
+        r_rows_out = Signal(range(4))    # rows started, not queued yet
         r_on = Signal()
         r_start_ok = Signal()            # a new row may start
         r_req_valid = Signal()
@@ -664,7 +671,7 @@ class NeTile(wiring.Component):
             r_on.eq(running & cfg.acc & ~init.finished),
             r_off.eq(init.row_addr[:ws]),
             r_words.eq(((r_off + 4 * init.cols_valid - 1) >> ws) + 1),
-            r_start_ok.eq((r_word != 0) | (init_rows.level + r_rows_out < 2)),
+            r_start_ok.eq((r_word != 0) | (init_rows.level + r_rows_out < 3)),
             r_req_valid.eq(r_on & init.row_valid & r_start_ok),
             r_row_done.eq(Mux(init.row_valid, r_grant & (r_word == r_words - 1),
                               r_on & r_start_ok)),
@@ -694,11 +701,18 @@ class NeTile(wiring.Component):
             array.init.payload.eq(init_rows.r_data),
             init_rows.r_en.eq(array.init.ready),
         ]
-        # The C reader is urgent while the tile being fed still lacks some of its rows.
+        # The array takes row i of a tile's initial rows with the tile's beat i (and stalls
+        # when it is missing), so the C reader is urgent when the row it reads is due fewer
+        # than _PANEL_RUNWAY beats after the beat being fed.
         r_tiles = Signal(16)             # tiles whose rows are all requested
         fed_tiles = Signal(16)           # tiles whose last beat was fed
+        r_due = Signal(signed(18))       # beats from the beat being fed to the row's
         r_urgent = Signal()
-        m.d.comb += r_urgent.eq(r_req_valid & (r_tiles == fed_tiles))
+        m.d.comb += [
+            r_due.eq(Mux(r_tiles == fed_tiles, 0, cfg.k_count) + init.row - feed_k),
+            r_urgent.eq(r_req_valid & ((r_tiles == fed_tiles) | (r_tiles == fed_tiles + 1))
+                        & (r_due < _PANEL_RUNWAY)),
+        ]
         with m.If(r_row_done & (init.row == R - 1)):
             m.d.sync += r_tiles.eq(r_tiles + 1)
         with m.If(feed.valid & feed.ready & feed.payload.last):
@@ -716,6 +730,14 @@ class NeTile(wiring.Component):
         b_grant = Signal()
         a_urgent = Signal()
         b_urgent = Signal()
+        # Row-major A and column-major B gather each lane's vectors from their own words: a
+        # lane with none queued holds up the next vectors for a read per lane.
+        a_refill = Mux(a_stream.urgent & (cfg.a_lane_stride >= WB), R, 0)
+        b_refill = Mux(b_stream.urgent & (cfg.b_lane_stride >= WB), Mux(cfg.group, GB, C), 0)
+        m.d.comb += [outer.refill.eq(Mux(cfg.outer_b, b_refill, a_refill)),
+                     inner.refill.eq(Mux(cfg.outer_b, a_refill, b_refill))]
+        a_margin = Signal.like(outer.margin)
+        b_margin = Signal.like(outer.margin)
         m.d.comb += [
             a_urgent.eq(a_stream.req.valid & Mux(
                 cfg.panel & ~cfg.outer_b, outer.short,
@@ -723,13 +745,21 @@ class NeTile(wiring.Component):
             b_urgent.eq(b_stream.req.valid & Mux(
                 cfg.panel & cfg.outer_b, outer.short,
                 Mux(cfg.group & ~cfg.outer_b, inner.short, b_stream.urgent))),
+            a_margin.eq(Mux(cfg.panel & ~cfg.outer_b, outer.margin,
+                            Mux(cfg.group & cfg.outer_b, inner.margin, 0))),
+            b_margin.eq(Mux(cfg.panel & cfg.outer_b, outer.margin,
+                            Mux(cfg.group & ~cfg.outer_b, inner.margin, 0))),
         ]
+        # Both urgent: the one with the smaller margin first, in turn on a tie.
+        urgent_a_first = Signal()
+        m.d.comb += urgent_a_first.eq((a_margin < b_margin)
+                                      | ((a_margin == b_margin) & ~prefer_b))
         rd = port.rd_addr
         r_request = (init.row_addr >> ws) + r_word
         # (request, word address, grant) in priority order; the first request wins
         requesters = [
             (r_urgent, r_request, r_grant),
-            (a_urgent & (~b_urgent | ~prefer_b), a_stream.req.payload, a_grant),
+            (a_urgent & (~b_urgent | urgent_a_first), a_stream.req.payload, a_grant),
             (b_urgent, b_stream.req.payload, b_grant),
             (r_req_valid, r_request, r_grant),
             (a_stream.req.valid & (~b_stream.req.valid | ~prefer_b), a_stream.req.payload,

@@ -18,7 +18,7 @@ from ..isa.enums import BranchCond, CommandClass, Engine, ErrorCode, RegOp, Spac
 from ..isa.table import NUM_REGS, NUM_SEMAPHORES
 from .. import regmap
 from ..regmap import DeviceState
-from . import compute, timing
+from . import compute, dma, timing
 from .fault import DeviceFault
 from .kernel import Until
 from .memory import DenseMemory, OutOfBounds, SparseMemory
@@ -26,9 +26,6 @@ from .memory import DenseMemory, OutOfBounds, SparseMemory
 __all__ = ["Device", "EngineStats"]
 
 MASK64 = (1 << 64) - 1
-#: Rows one DMA command may move; a larger count is BAD_SHAPE (keeps a bad register value from
-#: turning into an endless copy).
-MAX_DMA_ROWS = 1 << 22
 _COMPUTE = {"MATMUL": compute.matmul, "VECTOR": compute.vector, "REDUCE": compute.reduce,
             "MASK": compute.mask}
 
@@ -413,84 +410,42 @@ class Device:
         return self.system.bus_target(self, addr, n)
 
     def _plan_dma(self, name, c):
-        """Check a DMA completely and list its copies (nothing is moved yet)."""
-        p, align = self.params, self.params.dma_align
-        if name == "DMA_COPY":
-            rows = c["n1"] * c["n2"]
-            row_bytes = c["len"]
-            spaces = (c["src_space"], c["dst_space"])
-            steps = [("src", c["src"], c["src_stride1"], c["src_stride2"]),
-                     ("dst", c["dst"], c["dst_stride1"], c["dst_stride2"])]
-            _aligned(align, row_bytes, *(v for s in steps for v in s[1:]))
-            if rows > MAX_DMA_ROWS:
-                raise DeviceFault(ErrorCode.BAD_SHAPE, f"{rows} rows in one DMA")
-            pairs = ((c["src"] + i2 * c["src_stride2"] + i1 * c["src_stride1"],
-                      c["dst"] + i2 * c["dst_stride2"] + i1 * c["dst_stride1"])
-                     for i2 in range(c["n2"]) for i1 in range(c["n1"]))
-            extra = 0
-        elif name in ("DMA_GATHER", "DMA_SCATTER"):
-            gather = name == "DMA_GATHER"
-            n, row_bytes, row_stride = c["n"], c["row_bytes"], c["row_stride"]
-            log2b, blocks = c["block_log2"], c["pool_blocks"]
-            side = "dst" if gather else "src"
-            side_stride = c["dst_stride"] if gather else c["src_stride"]
-            _aligned(align, c["pool"], c[side], row_bytes, row_stride, side_stride)
-            if n > MAX_DMA_ROWS:
-                raise DeviceFault(ErrorCode.BAD_SHAPE, f"{n} tokens in one DMA")
-            first = c["t0"] if gather else c["i0"]
-            idx_lo = (first >> log2b) if gather else first
-            idx_hi = ((first + n - 1) >> log2b) if gather else first + n - 1
-            table_addr = c["table"] if gather else c["slots"]
-            count = idx_hi - idx_lo + 1 if n else 0
-            mem, local = self._target(Space.DRAM, table_addr + 4 * idx_lo, 4 * count, write=False)
-            entries = [int(x) for x in mem.read_u32(local, count)] if count else []
-            pool_addrs = []
-            for t in range(n):
-                if gather:
-                    tok = first + t
-                    blk, off = entries[(tok >> log2b) - idx_lo], tok & ((1 << log2b) - 1)
-                else:
-                    slot = entries[t]
-                    blk, off = slot >> log2b, slot & ((1 << log2b) - 1)
-                if blk >= blocks:
-                    raise DeviceFault(ErrorCode.BLOCK_TABLE,
-                                      f"entry {blk} for token {t} is outside the pool of {blocks} blocks")
-                pool_addrs.append(c["pool"] + (blk << log2b) * row_stride + off * row_stride)
-            side_addrs = [c[side] + t * side_stride for t in range(n)]
-            pairs = zip(pool_addrs, side_addrs) if gather else zip(side_addrs, pool_addrs)
-            spaces = (Space.DRAM, c["dst_space"]) if gather else (c["src_space"], Space.DRAM)
-            rows, extra = n, p.dram_latency
-        elif name == "DMA_RING":
-            n, row_bytes, ring_rows = c["n"], c["row_bytes"], c["ring_rows"]
-            if ring_rows == 0:
-                raise DeviceFault(ErrorCode.BAD_SHAPE, "ring_rows = 0")
-            if n > MAX_DMA_ROWS:
-                raise DeviceFault(ErrorCode.BAD_SHAPE, f"{n} rows in one DMA")
-            _aligned(align, c["ring"], c["lin"], row_bytes, c["ring_stride"], c["lin_stride"])
-            ring = [c["ring"] + ((c["r0"] + i) % ring_rows) * c["ring_stride"] for i in range(n)]
-            lin = [c["lin"] + i * c["lin_stride"] for i in range(n)]
-            pairs = zip(lin, ring) if c["to_ring"] else zip(ring, lin)
-            spaces = (c["lin_space"], c["ring_space"]) if c["to_ring"] else \
-                (c["ring_space"], c["lin_space"])
-            rows, extra = n, 0
-        else:  # pragma: no cover
-            raise AssertionError(name)
+        """Check a DMA completely (:mod:`.dma` says what, in which order) and list its rows
+        with the memory each lands on (nothing is moved yet)."""
+        p = self.params
+        dma.check_aligned(name, c, p.dma_align)
+        dma.check_shape(name, c)
+        for e in dma.extents(name, c):
+            self._target(e.space, e.lo, e.n, write=e.write)
+        entries = ()
+        if name in ("DMA_GATHER", "DMA_SCATTER"):
+            first, count = dma.table_span(name, c)
+            table = c["table"] if name == "DMA_GATHER" else c["slots"]
+            if count:
+                mem, local = self._target(Space.DRAM, table + 4 * first, 4 * count, write=False)
+                entries = [int(x) for x in mem.read_u32(local, count)]
         plan = _DmaPlan()
-        if row_bytes:
-            for src, dst in pairs:
-                smem, sa = self._target(spaces[0], src, row_bytes, write=False)
-                dmem, da = self._target(spaces[1], dst, row_bytes, write=True)
-                plan.copies.append(_Copy(smem, sa, dmem, da, row_bytes))
+        n_rows, row_bytes = dma.rows(name, c)
+        spaces = (Space.DRAM, Space.DRAM)
+        for row in dma.copies(name, c, entries):
+            spaces = (row.src_space, row.dst_space)
+            if row.n:
+                smem, sa = self._memory(row.src_space, row.src, row.n)
+                dmem, da = self._memory(row.dst_space, row.dst, row.n)
+                plan.copies.append(_Copy(smem, sa, dmem, da, row.n))
         plan.bytes = len(plan.copies) * row_bytes
-        plan.cycles = timing.dma_cycles(p, Space(spaces[0]), Space(spaces[1]),
-                                        len(plan.copies), row_bytes) + extra
+        extra = p.dram_latency if name in ("DMA_GATHER", "DMA_SCATTER") else 0
+        plan.cycles = timing.dma_cycles(p, spaces[0], spaces[1], len(plan.copies),
+                                        row_bytes) + extra
         return plan
 
-
-def _aligned(align, *values):
-    for v in values:
-        if v % align:
-            raise DeviceFault(ErrorCode.ALIGNMENT, f"{v:#x} is not a multiple of {align}")
+    def _memory(self, space, addr, n):
+        """The memory object and local address of a row inside an extent already checked."""
+        if space == Space.SRAM:
+            return self.sram, addr
+        if space == Space.DRAM:
+            return self.dram, addr
+        return self.system.bus_target(self, addr, n)
 
 
 def _reg_op(op, x, y):

@@ -460,6 +460,49 @@ def test_block_table_outside_pool_writes_nothing():
     assert (s.devices[0].sram.read(0, 256) == 0x77).all()
 
 
+def test_dma_extent_must_lie_in_one_window():
+    """Checks are per operand extent: rows inside two adjacent windows still fault when the
+    strided extent spans both, and a paged pool is checked whole, not block by block."""
+    rw = regmap.WINDOW_READ | regmap.WINDOW_WRITE
+
+    def two_windows(s):
+        s.grant(0, 0, 0, 0x1000, rw)
+        s.grant(0, 1, 0x1000, 0x1000, rw)
+        s.devices[0].sram.write(0, b"\x66" * 64)
+    s, _ = faulting_run([Command("DMA_COPY", engine=Engine.DMA_IN, src_off=0xF00,
+                                 dst_space=Space.SRAM, len=32, n1=2, n2=1, src_stride1=0x200)],
+                        ErrorCode.DMA_WINDOW, two_windows)
+    assert (s.devices[0].sram.read(0, 64) == 0x66).all()
+
+    def small_window(s):  # covers the blocks used (0, 1), not the whole pool of 8
+        s.grant(0, 0, 0, 0x40000 + 64, rw)
+        s.devices[0].dram.write(0x1000, np.array([0, 1], "<u4").view(np.uint8))
+    faulting_run([Command("DMA_GATHER", engine=Engine.DMA_IN, table_off=0x1000,
+                          pool_off=0x40000, dst_space=Space.SRAM, row_bytes=16, row_stride=16,
+                          dst_stride=16, block_log2=1, pool_blocks=8, n=4)],
+                 ErrorCode.DMA_WINDOW, small_window)
+
+
+def test_dma_checks_in_order():
+    """Alignment before shape before extents before block-table entries."""
+    bad_table = dict(table_off=0x1000, pool_off=0x40000, row_stride=16, dst_stride=16,
+                     block_log2=1, pool_blocks=2, n=2)
+
+    def setup(s):
+        s.devices[0].dram.write(0x1000, np.array([7], "<u4").view(np.uint8))
+    # entry 7 is outside the pool, but the destination runs past SRAM: SRAM_BOUNDS first
+    size = System().params.sram_bytes
+    faulting_run([Command("DMA_GATHER", engine=Engine.DMA_IN, dst_space=Space.SRAM,
+                          dst_off=size - 16, row_bytes=16, **bad_table)],
+                 ErrorCode.SRAM_BOUNDS, setup)
+    # ... and a misaligned row length comes before both
+    faulting_run([Command("DMA_GATHER", engine=Engine.DMA_IN, dst_space=Space.SRAM,
+                          dst_off=size - 16, row_bytes=18, **bad_table)],
+                 ErrorCode.ALIGNMENT, setup)
+    faulting_run([Command("DMA_GATHER", engine=Engine.DMA_IN, dst_space=Space.SRAM,
+                          row_bytes=16, **bad_table)], ErrorCode.BLOCK_TABLE, setup)
+
+
 def test_register_operand_must_fit_its_field():
     """R[reg] + imm for a count is carried at the immediate's width: too large is BAD_SHAPE."""
     faulting_run([Command("MATMUL", a=0, lda=8, b=0x100, ldb=8, c=0x200, ldc=8, m=8, n=8,
