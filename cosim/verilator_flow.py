@@ -10,9 +10,11 @@ Every RTL test goes through this module::
 :func:`build` converts the component to RTLIL, hashes it together with everything else that
 goes into the simulator binary (build arguments, waiver files, tool versions, waves on or off),
 and converts to Verilog and builds only when ``<build root>/<name>-<hash>/`` holds no finished
-build. The build root is ``build/rtl/`` in the repository, or ``$NPUSIM_BUILD_DIR``. A file
-lock makes concurrent pytest-xdist workers that build the same design wait for one another
-instead of colliding.
+build. Hand-written Verilog models instantiated from Amaranth (``Instance``) come along by
+themselves when the instance names its file in the :data:`VERILOG_SOURCE_ATTR` attribute: the
+file is compiled with the design and its contents are part of the hash. The build root is
+``build/rtl/`` in the repository, or ``$NPUSIM_BUILD_DIR``. A file lock makes concurrent
+pytest-xdist workers that build the same design wait for one another instead of colliding.
 
 :func:`run` runs a cocotb test module against a build, with a wall-clock timeout, and raises
 :class:`RtlTestFailure` (an :class:`AssertionError`) when a cocotb test fails, in or out of
@@ -55,7 +57,8 @@ from cocotb_tools.runner import Verilator
 
 __all__ = [
     "Build", "RunResult", "RtlBuildError", "RtlTestFailure", "RtlTimeoutError",
-    "build", "build_key", "run", "build_root", "toolchain_env",
+    "build", "build_key", "run", "build_root", "toolchain_env", "verilog_sources",
+    "VERILOG_SOURCE_ATTR",
 ]
 
 
@@ -71,6 +74,11 @@ WAIVERS = Path(__file__).with_name("waivers.vlt")
 VERILOG_SUFFIX = ".amaranth.v"
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: An ``Instance`` of a hand-written Verilog module names the file that defines it in this
+#: attribute (``Instance("m", ("a", VERILOG_SOURCE_ATTR, str(path)), ...)``), so the flow
+#: compiles the file with any design that contains the instance.
+VERILOG_SOURCE_ATTR = "npusim_verilog_source"
 
 
 class RtlBuildError(RuntimeError):
@@ -335,12 +343,43 @@ def _ports_vlt(ports: Sequence[str], name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+_SOURCE_ATTRIBUTE = re.compile(
+    rf'^\s*attribute \\{VERILOG_SOURCE_ATTR} "((?:[^"\\\n]|\\.)*)"\n', re.MULTILINE)
+
+
+_RTLIL_ESCAPES = {"\\\"": "\"", "\\\\": "\\", "\\t": "\t", "\\r": "\r", "\\n": "\n"}
+
+
+def _rtlil_unescape(text: str) -> str:
+    """A string constant of Amaranth's RTLIL (``amaranth.back.rtlil._const``) as Python text."""
+    return re.sub(r"\\.", lambda escape: _RTLIL_ESCAPES[escape.group(0)], text)
+
+
+def verilog_sources(rtlil_text: str) -> list[Path]:
+    """The hand-written Verilog files the design's instances name (:data:`VERILOG_SOURCE_ATTR`),
+    each once, in order of first appearance.
+
+    Raises :class:`ValueError` if a file is missing or two differ but share a file name (they
+    are copied into the build directory by name).
+    """
+    sources: dict[str, Path] = {}
+    for match in _SOURCE_ATTRIBUTE.finditer(rtlil_text):
+        path = Path(_rtlil_unescape(match.group(1))).resolve()
+        if not path.is_file():
+            raise ValueError(f"Verilog source {path} (named by an instance) does not exist")
+        if sources.setdefault(path.name, path) != path:
+            raise ValueError(f"two Verilog sources named {path.name}: {sources[path.name]} "
+                             f"and {path}")
+    return list(sources.values())
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Everything about a build that is known before building: inputs, key, place."""
     name: str
     rtlil: str
     ports_vlt: str
+    sources: tuple[Path, ...]
     recipe: dict
     key: str
     directory: Path
@@ -351,8 +390,10 @@ _SRC_ATTRIBUTE = re.compile(r'^\s*attribute \\src "[^"\n]*"\n', re.MULTILINE)
 
 def _without_src(rtlil_text: str) -> str:
     """RTLIL without its ``src`` attributes (Python file:line of each cell and wire): moving
-    code in a source file changes them but not the design, so they stay out of the key."""
-    return _SRC_ATTRIBUTE.sub("", rtlil_text)
+    code in a source file changes them but not the design, so they stay out of the key. The
+    paths of Verilog sources go too: their names and contents are hashed instead, so a build
+    does not depend on where the checkout is."""
+    return _SOURCE_ATTRIBUTE.sub("", _SRC_ATTRIBUTE.sub("", rtlil_text))
 
 
 def _plan(component: wiring.Component, name: str, *, waves: bool | None, timing: bool,
@@ -365,6 +406,7 @@ def _plan(component: wiring.Component, name: str, *, waves: bool | None, timing:
     # and of the Yosys version, which is in the key.
     rtlil_text = rtlil.convert(component, name=name)
     ports_vlt = _ports_vlt(_top_ports(rtlil_text, name), name)
+    sources = verilog_sources(rtlil_text)
     args = ["--timing" if timing else "--no-timing", *build_args]
     if trace:
         args.append("--trace-fst")
@@ -379,12 +421,16 @@ def _plan(component: wiring.Component, name: str, *, waves: bool | None, timing:
         "tools": _tool_versions(),
         "cocotb_libs": str(cocotb_tools.config.libs_dir),
     }
+    if sources:  # only then, so designs without any keep their keys
+        recipe["verilog_sources"] = [source.name for source in sources]
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
-    for text in (WAIVERS.read_text(), ports_vlt, _without_src(rtlil_text)):
+    texts = [WAIVERS.read_text(), ports_vlt, _without_src(rtlil_text)]
+    texts += [source.read_text() for source in sources]
+    for text in texts:
         digest.update(b"\0" + text.encode())
     key = digest.hexdigest()[:16]
-    return _Plan(name=name, rtlil=rtlil_text, ports_vlt=ports_vlt, recipe=recipe, key=key,
-                 directory=build_root() / f"{name}-{key}")
+    return _Plan(name=name, rtlil=rtlil_text, ports_vlt=ports_vlt, sources=tuple(sources),
+                 recipe=recipe, key=key, directory=build_root() / f"{name}-{key}")
 
 
 def build_key(component: wiring.Component, name: str, *, waves: bool | None = None,
@@ -434,6 +480,8 @@ def build(component: wiring.Component, name: str, *, waves: bool | None = None,
         the only signals cocotb can access; waves show every signal.
     name : str
         Top-level module name (a Verilog identifier); names the build directory too.
+        Hand-written Verilog files named by instances (:data:`VERILOG_SOURCE_ATTR`) are
+        compiled too, linted without waivers.
     waves : bool or None
         Record FST waves. ``None`` (the default) reads ``$WAVES``. Part of the cache key.
     timing : bool
@@ -487,6 +535,11 @@ def build(component: wiring.Component, name: str, *, waves: bool | None = None,
             verilog_path.write_text(verilog._convert_rtlil_text(plan.rtlil))
         ports_path = directory / "ports.vlt"
         ports_path.write_text(plan.ports_vlt)
+        # Copied in, so Verilator sees them by relative name (as the Verilog: see _build_command).
+        copied = []
+        for source in plan.sources:
+            shutil.copyfile(source, directory / source.name)
+            copied.append(directory / source.name)
 
         runner = _Verilator(trace=plan.recipe["trace"], timing=timing, opt_fast=opt_fast,
                             deadline=started + timeout)
@@ -494,7 +547,7 @@ def build(component: wiring.Component, name: str, *, waves: bool | None = None,
         try:
             runner.build(
                 # Control files first: cocotb takes the language from the last source.
-                sources=[WAIVERS, ports_path, verilog_path],
+                sources=[WAIVERS, ports_path, *copied, verilog_path],
                 hdl_toplevel=name,
                 build_dir=directory,
                 build_args=plan.recipe["build_args"],
