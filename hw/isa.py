@@ -16,7 +16,7 @@ from ..sw.isa.enums import CommandClass
 from ..sw.isa.table import BY_NAME, COMMAND_BITS, COMMANDS, OPCODE_BITS
 
 __all__ = ["amaranth_enum", "command_layout", "resolved_layout", "Command", "Opcode",
-           "ComputeCommand", "COMPUTE_COMMANDS"]
+           "ComputeCommand", "COMPUTE_COMMANDS", "DmaCommand", "DMA_COMMANDS"]
 
 
 @functools.cache
@@ -79,4 +79,14 @@ COMPUTE_COMMANDS = tuple(c.name for c in COMMANDS if c.cls == CommandClass.COMPU
 ComputeCommand = data.StructLayout({
     "opcode": Opcode,
     "args": data.UnionLayout({n.lower(): resolved_layout(n) for n in COMPUTE_COMMANDS}),
+})
+
+
+#: The DMA commands a DMA engine executes, in opcode order.
+DMA_COMMANDS = tuple(c.name for c in COMMANDS if c.cls == CommandClass.DMA)
+
+#: A resolved DMA command: its opcode and its fields, one union member per command.
+DmaCommand = data.StructLayout({
+    "opcode": Opcode,
+    "args": data.UnionLayout({n.lower(): resolved_layout(n) for n in DMA_COMMANDS}),
 })

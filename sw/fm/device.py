@@ -300,6 +300,8 @@ class Device:
                 raise DeviceFault(ErrorCode.CALL_DEPTH, "CALL inside a called stream")
             base = self._resolve(cmd)["addr"]
             self._check_window(Space.DRAM, base, HEADER_BYTES, write=False)
+            if base + HEADER_BYTES > self.params.dram_bytes:
+                raise DeviceFault(ErrorCode.TRUNCATED_STREAM, f"header at {base:#x} past DRAM")
             try:
                 header = parse_header(self.dram.read(base, HEADER_BYTES))
             except IsaError as e:
@@ -316,6 +318,12 @@ class Device:
             if self.stopped:
                 return
             r = self._resolve(cmd)
+            if r["dst_space"] == Space.SRAM:
+                raise DeviceFault(ErrorCode.BAD_FIELD, "a completion record goes to DRAM or "
+                                  "over the link, not to SRAM")
+            if r["dst"] % 16:
+                raise DeviceFault(ErrorCode.ALIGNMENT, f"completion record at {r['dst']:#x} is "
+                                  "not 16-byte aligned")
             record = struct.pack("<IIQ", c["seq"], int(self.state) | int(self.error_code) << 8,
                                  self.kernel.now)
             mem, local = self._target(r["dst_space"], r["dst"], len(record), write=True)

@@ -213,7 +213,8 @@ COMMANDS = (
                 (U("engines", 4, "bit mask of engines (bit i = Engine i); 0 means all"),)),
     CommandSpec("COMPLETE", 0x07, C.CONTROL,
                 "Waits for all engines, writes a 16-byte completion record "
-                "{seq u32, status u32, cycles u64} to `dst`, then raises MSI `vector` if `irq`.",
+                "{seq u32, status u32, cycles u64} to `dst` (DRAM or LINK space, 16-byte "
+                "aligned), then raises MSI `vector` if `irq`.",
                 address("dst", "the completion record")
                 + (U("seq", 32, "sequence number copied into the record"),
                    F("irq", "send an MSI to the host after the record is written"),
