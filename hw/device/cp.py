@@ -21,7 +21,7 @@ from amaranth.lib.wiring import In, Out
 from ...sw import regmap
 from ...sw.isa.enums import BranchCond, Engine, ErrorCode, RegOp, Space
 from ...sw.isa.table import (COMMANDS, COMMAND_BYTES, HEADER_BYTES, ISA_VERSION, NUM_REGS,
-                             STREAM_MAGIC)
+                             NUM_SEMAPHORES, SEM_BITS, STREAM_MAGIC)
 from ...sw.params import DEFAULT
 from ..axi import AxiParams, AxiSignature
 from ..isa import Opcode, amaranth_enum, resolved_layout
@@ -41,6 +41,9 @@ Mmio = data.StructLayout({"addr": 12, "write": 1, "data": 64})
 EngineReport = data.StructLayout({"error": ErrorShape, "addr": 64})
 
 _ENGINES = len(Engine)
+#: A host write to SEM_VALUE (set) or SEM_INC (add).
+_SEM_WRITE = stream.Signature(data.StructLayout({"index": SEM_BITS, "value": 64}),
+                              always_ready=True)
 #: Opcodes that always run on the compute engine; the others name their engine in a field.
 _COMPUTE_OPCODES = tuple(c.opcode for c in COMMANDS if c.engine == Engine.COMPUTE)
 assert all(next(iter(resolved_layout(c.name))) == ("engine", resolved_layout(c.name)["engine"])
@@ -121,6 +124,10 @@ class CommandProcessor(wiring.Component):
             "engine_idle": In(_ENGINES),
             "windows": Out(data.ArrayLayout(window_layout, regmap.NUM_WINDOWS)),
             "stopped": Out(1),
+            # the semaphores live with the engine heads: MMIO reaches them through these
+            "sem_values": In(data.ArrayLayout(64, NUM_SEMAPHORES)),
+            "sem_set": Out(_SEM_WRITE),
+            "sem_add": Out(_SEM_WRITE),
         }
         for e in Engine:
             members[f"queue_{e.name.lower()}"] = Out(stream.Signature(QueueEntry))
@@ -478,6 +485,9 @@ class CommandProcessor(wiring.Component):
                     for k, field in enumerate(("base", "size", "flags")):
                         with m.Case(base + 8 * k):
                             m.d.sync += rdata.payload.eq(getattr(windows[w], field))
+                for i in range(NUM_SEMAPHORES):
+                    with m.Case(regmap.SEM_VALUE + 8 * i):
+                        m.d.sync += rdata.payload.eq(self.sem_values[i])
         with m.If(take & req.payload.write):
             with m.Switch(addr):
                 with m.Case(R["CONTROL"]):
@@ -499,6 +509,11 @@ class CommandProcessor(wiring.Component):
                 for i in range(1, NUM_REGS):
                     with m.Case(regmap.RUNTIME_REG + 8 * i):
                         m.d.sync += regs[i].eq(value)
+                for i in range(NUM_SEMAPHORES):
+                    for kind, port in (("SEM_VALUE", self.sem_set), ("SEM_INC", self.sem_add)):
+                        with m.Case(regmap.OFFSET[kind] + 8 * i):
+                            m.d.comb += [port.valid.eq(1), port.payload.index.eq(i),
+                                         port.payload.value.eq(value)]
                 for w in range(regmap.NUM_WINDOWS):
                     base = regmap.WINDOW + regmap.WINDOW_STRIDE * w
                     for k, field in enumerate(("base", "size", "flags")):
