@@ -138,13 +138,17 @@ def cmd_bench(args):
 
 
 def cmd_docs(args):
+    from .sw import regdoc
     from .sw.isa import docgen
-    if args.write:
-        print(f"wrote {docgen.write()}")
-        return 0
-    stale = Path(docgen.DOC_PATH).read_text() != docgen.render()
-    print(f"{docgen.DOC_PATH}: {'stale (run make docs)' if stale else 'current'}")
-    return 1 if stale else 0
+    status = 0
+    for generator in (docgen, regdoc):
+        if args.write:
+            print(f"wrote {generator.write()}")
+            continue
+        stale = Path(generator.DOC_PATH).read_text() != generator.render()
+        print(f"{generator.DOC_PATH}: {'stale (run make docs)' if stale else 'current'}")
+        status |= stale
+    return int(status)
 
 
 def build_parser():

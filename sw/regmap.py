@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .isa.table import NUM_REGS, NUM_SEMAPHORES
 
-__all__ = ["Register", "REGISTERS", "OFFSET", "MMIO_BYTES", "DeviceState",
+__all__ = ["Register", "REGISTERS", "OFFSET", "MMIO_BYTES", "DeviceState", "STATE_DOC",
            "RUNTIME_REG", "SEM_VALUE", "SEM_INC", "WINDOW", "WINDOW_STRIDE", "WINDOW_READ",
            "WINDOW_WRITE", "WINDOW_LINK", "NUM_WINDOWS"]
 
@@ -18,11 +18,19 @@ NUM_WINDOWS = 8
 
 
 class DeviceState(enum.IntEnum):
-    """The ``state`` field of STATUS."""
-    IDLE = 0      #: nothing to do: the ring is empty
-    RUNNING = 1   #: fetching or executing commands
-    HALTED = 2    #: a HALT command stopped the queue
-    FAULT = 3     #: an error stopped the queue; ERROR_CODE/ERROR_OFFSET say why
+    """The ``state`` field of STATUS (meanings in :data:`STATE_DOC`)."""
+    IDLE = 0
+    RUNNING = 1
+    HALTED = 2
+    FAULT = 3
+
+
+STATE_DOC = {
+    DeviceState.IDLE: "nothing to do: the ring is empty",
+    DeviceState.RUNNING: "fetching or executing commands",
+    DeviceState.HALTED: "a HALT command stopped the queue",
+    DeviceState.FAULT: "an error stopped the queue; STATUS bits 15:8 and ERROR_OFFSET say why",
+}
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ REGISTERS = (
     Register("CONTROL", 0x018, "wo", "bit 0: reset the queue (clears a fault or halt, head = tail)"),
     Register("RING_BASE", 0x020, "rw", "DRAM address of the command ring (32-byte aligned)"),
     Register("RING_SIZE", 0x028, "rw", "ring size in bytes (a multiple of 32)"),
-    Register("RING_HEAD", 0x030, "ro", "byte offset of the next command the CP fetches"),
+    Register("RING_HEAD", 0x030, "ro", "byte offset of the next command the CP takes from the ring"),
     Register("RING_TAIL", 0x038, "rw", "doorbell: byte offset one past the last valid command"),
     Register("MSI_ADDR", 0x040, "rw", "bus address MSIs are written to"),
     Register("CYCLES", 0x048, "ro", "cycle counter"),
