@@ -1,0 +1,2 @@
+"""Device-level blocks around the NE tile: DMA engine (and later the command processor, the
+register block and the device top)."""
