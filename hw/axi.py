@@ -22,7 +22,8 @@ import enum
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Resp", "AxiParams", "AxiSignature", "MAX_BURST_BEATS", "BOUNDARY_BYTES"]
+__all__ = ["Resp", "AxiParams", "AxiSignature", "MAX_BURST_BEATS", "BOUNDARY_BYTES",
+           "address_layout", "write_layout", "response_layout"]
 
 #: AXI4 INCR bursts: at most 256 beats ...
 MAX_BURST_BEATS = 256
@@ -68,6 +69,21 @@ class AxiParams:
                 f"id_width={self.id_width})")
 
 
+def address_layout(params):
+    """The payload of ``ar`` and ``aw``."""
+    return data.StructLayout({"addr": params.addr_width, "len": 8, "id": params.id_width})
+
+
+def write_layout(params):
+    """The payload of ``w``."""
+    return data.StructLayout({"data": params.data_width, "strb": params.data_bytes, "last": 1})
+
+
+def response_layout(params):
+    """The payload of ``b``."""
+    return data.StructLayout({"resp": 2, "id": params.id_width})
+
+
 class AxiSignature(wiring.Signature):
     """An AXI4-style master port (flip it for a slave).
 
@@ -87,15 +103,13 @@ class AxiSignature(wiring.Signature):
 
     def __init__(self, params):
         self.params = p = params
-        address = data.StructLayout({"addr": p.addr_width, "len": 8, "id": p.id_width})
         super().__init__({
-            "ar": Out(stream.Signature(address)),
+            "ar": Out(stream.Signature(address_layout(p))),
             "r": In(stream.Signature(data.StructLayout({
                 "data": p.data_width, "resp": 2, "last": 1, "id": p.id_width}))),
-            "aw": Out(stream.Signature(address)),
-            "w": Out(stream.Signature(data.StructLayout({
-                "data": p.data_width, "strb": p.data_bytes, "last": 1}))),
-            "b": In(stream.Signature(data.StructLayout({"resp": 2, "id": p.id_width}))),
+            "aw": Out(stream.Signature(address_layout(p))),
+            "w": Out(stream.Signature(write_layout(p))),
+            "b": In(stream.Signature(response_layout(p))),
         })
 
     def __eq__(self, other):

@@ -13,7 +13,7 @@ writes CONTROL bit 0 (which also clears a HALT and sets the head to the tail). C
 engine is already running finish. See ``docs/hw/command_processor.md``.
 """
 
-from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, signed
+from amaranth.hdl import C, Cat, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -27,6 +27,7 @@ from ..axi import AxiParams, AxiSignature
 from ..isa import Opcode, amaranth_enum, resolved_layout
 from .decode import CommandDecoder, ResolvedCommand
 from .fetch import INDEX_BITS, CommandFetcher, FetchMode
+from .posted_write import PostedWriter
 
 __all__ = ["QueueEntry", "Mmio", "EngineReport", "CommandProcessor", "window_hit"]
 
@@ -165,8 +166,10 @@ class CommandProcessor(wiring.Component):
         m.submodules.decoder = decoder = CommandDecoder()
         m.d.comb += [fetcher.ring_size.eq(ring_size), fetcher.ring_tail.eq(tail),
                      decoder.regs.eq(regs), decoder.raw.eq(fetcher.out.payload.raw)]
-        # DRAM reads: the fetcher's, except for a CALL's header read (taken while it is quiet)
+        # DRAM reads: the fetcher's, except for a CALL's header read (taken while it is
+        # quiet); a header read once issued owns the read channels until its beat is back.
         header_read = Signal()
+        header_owed = Signal()
         with m.If(~header_read):
             m.d.comb += [self.dram.ar.valid.eq(fetcher.mem.ar.valid),
                          self.dram.ar.payload.eq(fetcher.mem.ar.payload),
@@ -185,6 +188,17 @@ class CommandProcessor(wiring.Component):
             queues.append(q)
         idle = Signal(_ENGINES)
         m.d.comb += idle.eq(Cat(~q.r_rdy & self.engine_idle[i] for i, q in enumerate(queues)))
+
+        # completion records and MSIs: one write at a time per port, always carried through
+        m.submodules.dram_writer = dram_writer = PostedWriter(self.dram_axi)
+        m.submodules.link_writer = link_writer = PostedWriter(self.link_axi)
+        for writer, port in ((dram_writer, self.dram), (link_writer, self.link)):
+            m.d.comb += [port.aw.valid.eq(writer.aw.valid), port.aw.payload.eq(writer.aw.payload),
+                         writer.aw.ready.eq(port.aw.ready),
+                         port.w.valid.eq(writer.w.valid), port.w.payload.eq(writer.w.payload),
+                         writer.w.ready.eq(port.w.ready),
+                         writer.b.valid.eq(port.b.valid), writer.b.payload.eq(port.b.payload),
+                         port.b.ready.eq(writer.b.ready)]
 
         # -- faults: the first one wins -------------------------------------------------------
         fault = Signal()
@@ -300,6 +314,8 @@ class CommandProcessor(wiring.Component):
                         with m.Case(Opcode.CALL):
                             with m.If(in_frame):
                                 fail(ErrorCode.CALL_DEPTH)
+                            with m.Elif(args.call.addr[:5] != 0):
+                                fail(ErrorCode.ALIGNMENT)
                             with m.Elif(~window_hit(windows, Space.DRAM, args.call.addr,
                                                     HEADER_BYTES, write=False)):
                                 fail(ErrorCode.DMA_WINDOW)
@@ -342,44 +358,50 @@ class CommandProcessor(wiring.Component):
                 addr = args.call.addr
                 with m.If(addr + HEADER_BYTES > p.dram_bytes):
                     fail(ErrorCode.TRUNCATED_STREAM)
-                with m.Elif(fetcher.quiet):
-                    m.d.comb += header_read.eq(1)
-                    m.d.comb += [ar.valid.eq(1), ar.payload.addr.eq(addr & ~(beat - 1))]
+                with m.Elif(fetcher.quiet & ~header_owed):
+                    m.d.comb += [header_read.eq(1), ar.valid.eq(1),
+                                 ar.payload.addr.eq(addr & ~(beat - 1))]
                     with m.If(ar.ready):
-                        m.d.sync += step.eq(_Step.HEADER_R)
-            with m.Case(_Step.HEADER_R):
-                r = self.dram.r
-                m.d.comb += [header_read.eq(1), r.ready.eq(1)]
-                addr = args.call.addr
-                header = Signal(8 * HEADER_BYTES)
-                if beat > HEADER_BYTES:
-                    m.d.comb += header.eq(r.payload.data.word_select(
-                        addr[5:(beat - 1).bit_length()], 8 * HEADER_BYTES))
-                else:
-                    m.d.comb += header.eq(r.payload.data)
-                magic, major, minor = header[0:32], header[32:40], header[40:48]
-                reserved = Cat(header[48:64], header[128:256])
-                n = header[64:96]
-                with m.If(r.valid):
-                    with m.If(r.payload.resp != 0):
-                        fail(ErrorCode.TRUNCATED_STREAM)
-                    with m.Elif(magic != STREAM_MAGIC):
-                        fail(ErrorCode.BAD_MAGIC)
-                    with m.Elif((major != ISA_VERSION[0]) | (minor > ISA_VERSION[1])):
-                        fail(ErrorCode.BAD_VERSION)
-                    with m.Elif(reserved != 0):
-                        fail(ErrorCode.RESERVED_BITS)
-                    with m.Elif(addr + HEADER_BYTES + n * COMMAND_BYTES > p.dram_bytes):
-                        fail(ErrorCode.TRUNCATED_STREAM)
-                    with m.Else():
-                        m.d.sync += [in_frame.eq(1), frame_base.eq(addr), frame_n.eq(n),
-                                     frame_pc.eq(0), step.eq(_Step.DECODE)]
-                        restart_at(FetchMode.FRAME, addr, 0, n)
+                        m.d.sync += [step.eq(_Step.HEADER_R), header_owed.eq(1)]
 
-        self._complete_steps(m, step, args.complete, cycles, msi_addr, fail)
+        # The header's beat is taken whenever it comes; it is parsed only if the CALL is still
+        # waiting for it (a fault or a queue reset meanwhile leaves it unused).
+        r = self.dram.r
+        with m.If(header_owed):
+            m.d.comb += [header_read.eq(1), r.ready.eq(1)]
+            with m.If(r.valid):
+                m.d.sync += header_owed.eq(0)
+        addr = args.call.addr
+        header = Signal(8 * HEADER_BYTES)
+        if beat > HEADER_BYTES:
+            m.d.comb += header.eq(r.payload.data.word_select(
+                addr[5:(beat - 1).bit_length()], 8 * HEADER_BYTES))
+        else:
+            m.d.comb += header.eq(r.payload.data)
+        magic, major, minor = header[0:32], header[32:40], header[40:48]
+        reserved = Cat(header[48:64], header[128:256])
+        n = header[64:96]
+        with m.If(header_owed & r.valid & running & (step == _Step.HEADER_R)):
+            with m.If(r.payload.resp != 0):
+                fail(ErrorCode.TRUNCATED_STREAM)
+            with m.Elif(magic != STREAM_MAGIC):
+                fail(ErrorCode.BAD_MAGIC)
+            with m.Elif((major != ISA_VERSION[0]) | (minor > ISA_VERSION[1])):
+                fail(ErrorCode.BAD_VERSION)
+            with m.Elif(reserved != 0):
+                fail(ErrorCode.RESERVED_BITS)
+            with m.Elif(addr + HEADER_BYTES + n * COMMAND_BYTES > p.dram_bytes):
+                fail(ErrorCode.TRUNCATED_STREAM)
+            with m.Else():
+                m.d.sync += [in_frame.eq(1), frame_base.eq(addr), frame_n.eq(n),
+                             frame_pc.eq(0), step.eq(_Step.DECODE)]
+                restart_at(FetchMode.FRAME, addr, 0, n)
+
+        self._complete_steps(m, step, args.complete, cycles, msi_addr, fail,
+                             {Space.DRAM: dram_writer, Space.LINK: link_writer})
 
         # -- MMIO ---------------------------------------------------------------------------------
-        self._mmio(m, regs=regs, ring_base=ring_base, ring_size=ring_size, head=head,
+        self._mmio(m, regs=regs, idle=idle, ring_base=ring_base, ring_size=ring_size, head=head,
                    tail=tail, msi_addr=msi_addr, cycles=cycles, stop=stop, error=error,
                    error_offset=error_offset, windows=windows, flush=flush,
                    fetching=fetching, in_frame=in_frame, step=step, restart_at=restart_at)
@@ -399,60 +421,50 @@ class CommandProcessor(wiring.Component):
         with m.Else():
             m.d.sync += step.eq(_Step.RECORD_AW)
 
-    def _complete_steps(self, m, step, c, cycles, msi_addr, fail):
+    def _complete_steps(self, m, step, c, cycles, msi_addr, fail, writers):
+        """The record (stamped with the cycle it is sent), then the MSI, each one posted write
+        whose response decides: DMA_WINDOW (DRAM) or LINK_UNSUPPORTED (link) on an error."""
         beat = self.params.dram_bytes_per_cycle
         lanes = beat // 16
+        status = C(int(regmap.DeviceState.RUNNING), 32)   # it is running this very command
         record = Signal(128)
-        status = regmap.DeviceState.RUNNING   # the device is running when it writes it
-        m.d.comb += record.eq(Cat(c.seq, Signal(32, init=int(status)), cycles))
-        for port_name, space in (("dram", Space.DRAM), ("link", Space.LINK)):
-            port = getattr(self, port_name)
+        m.d.comb += record.eq(Cat(c.seq, status, cycles))
+        lane = c.dst[4:(beat - 1).bit_length()] if lanes > 1 else 0
+        for space, writer in writers.items():
             selected = c.dst_space.as_value() == space
-            lane = c.dst[4:(beat - 1).bit_length()] if lanes > 1 else 0
-            with m.Switch(step):
-                with m.Case(_Step.RECORD_AW):
-                    with m.If(selected):
-                        m.d.comb += [port.aw.valid.eq(1), port.w.valid.eq(1),
-                                     port.aw.payload.addr.eq(c.dst & ~(beat - 1)),
-                                     port.w.payload.data.eq(record.replicate(lanes)),
-                                     port.w.payload.strb.eq(0xFFFF << (16 * lane)),
-                                     port.w.payload.last.eq(1)]
-                        with m.If(port.aw.ready & port.w.ready):
-                            m.d.sync += step.eq(_Step.RECORD_B)
-                with m.Case(_Step.RECORD_B):
-                    with m.If(selected):
-                        m.d.comb += port.b.ready.eq(1)
-                        with m.If(port.b.valid):
-                            with m.If(port.b.payload.resp != 0):
-                                fail(ErrorCode.DMA_WINDOW if space == Space.DRAM
-                                     else ErrorCode.LINK_UNSUPPORTED)
-                            with m.Elif(c.irq):
-                                m.d.sync += step.eq(_Step.MSI_AW)
-                            with m.Else():
-                                m.d.sync += step.eq(_Step.DECODE)
-        link = self.link
+            with m.If((step == _Step.RECORD_AW) & selected):
+                m.d.comb += [writer.start.valid.eq(1),
+                             writer.start.payload.addr.eq(c.dst & ~(beat - 1)),
+                             writer.start.payload.data.eq(record.replicate(lanes)),
+                             writer.start.payload.strb.eq(0xFFFF << (16 * lane))]
+                with m.If(writer.start.ready):
+                    m.d.sync += step.eq(_Step.RECORD_B)
+            with m.If((step == _Step.RECORD_B) & selected & ~writer.busy):
+                with m.If(writer.resp != 0):
+                    fail(ErrorCode.DMA_WINDOW if space == Space.DRAM
+                         else ErrorCode.LINK_UNSUPPORTED)
+                with m.Elif(c.irq):
+                    m.d.sync += step.eq(_Step.MSI_AW)
+                with m.Else():
+                    m.d.sync += step.eq(_Step.DECODE)
+        link = writers[Space.LINK]
         msi_lane = msi_addr[2:(beat - 1).bit_length()]
-        with m.Switch(step):
-            with m.Case(_Step.MSI_AW):
-                m.d.comb += [link.aw.valid.eq(1), link.w.valid.eq(1),
-                             link.aw.payload.addr.eq(msi_addr & ~(beat - 1)),
-                             link.w.payload.data.eq(
-                                 Cat(c.vector, Signal(27)).replicate(beat // 4)),
-                             link.w.payload.strb.eq(0xF << (4 * msi_lane)),
-                             link.w.payload.last.eq(1)]
-                with m.If(link.aw.ready & link.w.ready):
-                    m.d.sync += step.eq(_Step.MSI_B)
-            with m.Case(_Step.MSI_B):
-                m.d.comb += link.b.ready.eq(1)
-                with m.If(link.b.valid):
-                    with m.If(link.b.payload.resp != 0):
-                        fail(ErrorCode.LINK_UNSUPPORTED)
-                    with m.Else():
-                        m.d.sync += step.eq(_Step.DECODE)
+        with m.If(step == _Step.MSI_AW):
+            m.d.comb += [link.start.valid.eq(1),
+                         link.start.payload.addr.eq(msi_addr & ~(beat - 1)),
+                         link.start.payload.data.eq(Cat(c.vector, C(0, 27)).replicate(beat // 4)),
+                         link.start.payload.strb.eq(0xF << (4 * msi_lane))]
+            with m.If(link.start.ready):
+                m.d.sync += step.eq(_Step.MSI_B)
+        with m.If((step == _Step.MSI_B) & ~link.busy):
+            with m.If(link.resp != 0):
+                fail(ErrorCode.LINK_UNSUPPORTED)
+            with m.Else():
+                m.d.sync += step.eq(_Step.DECODE)
 
     # -- host registers ---------------------------------------------------------------------------
 
-    def _mmio(self, m, *, regs, ring_base, ring_size, head, tail, msi_addr, cycles, stop,
+    def _mmio(self, m, *, regs, idle, ring_base, ring_size, head, tail, msi_addr, cycles, stop,
               error, error_offset, windows, flush, fetching, in_frame, step, restart_at):
         R = regmap.OFFSET
         req, rdata = self.mmio, self.mmio_rdata
@@ -464,7 +476,7 @@ class CommandProcessor(wiring.Component):
         take = req.valid & req.ready
         state = Signal(8)
         m.d.comb += state.eq(Mux(stop != 0, stop, Mux(
-            in_frame | (head != tail) | (step != _Step.DECODE),
+            in_frame | (head != tail) | (step != _Step.DECODE) | (idle != (1 << _ENGINES) - 1),
             regmap.DeviceState.RUNNING, regmap.DeviceState.IDLE)))
         simple = {R["ID"]: int.from_bytes(b"NPU1", "little"),
                   R["STATUS"]: Cat(state, error),
@@ -498,10 +510,10 @@ class CommandProcessor(wiring.Component):
                                      in_frame.eq(0), step.eq(_Step.DECODE)]
                         m.d.comb += flush.eq(1)
                         restart_at(FetchMode.IDLE)
-                with m.Case(R["RING_BASE"]):
-                    m.d.sync += ring_base.eq(value)
+                with m.Case(R["RING_BASE"]):   # commands are 32-byte aligned
+                    m.d.sync += ring_base.eq(value & ~(COMMAND_BYTES - 1))
                 with m.Case(R["RING_SIZE"]):
-                    m.d.sync += ring_size.eq(value)
+                    m.d.sync += ring_size.eq(value & ~(COMMAND_BYTES - 1))
                 with m.Case(R["RING_TAIL"]):
                     m.d.sync += tail.eq(value)
                 with m.Case(R["MSI_ADDR"]):

@@ -16,7 +16,7 @@ are discarded as they arrive. A command outside DRAM is not read: it arrives wit
 
 from amaranth.hdl import Module, Mux, ResetInserter, Signal
 from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ...sw.isa.enums import ErrorCode
@@ -109,7 +109,7 @@ class CommandFetcher(wiring.Component):
         m.d.comb += outside.eq(addr + COMMAND_BYTES > self.dram_bytes)
 
         # Request tags: the command's address and index travel with it.
-        m.submodules.tags = tags = SyncFIFOBuffered(width=64 + INDEX_BITS + 1, depth=PREFETCH)
+        m.submodules.tags = tags = SyncFIFO(width=64 + INDEX_BITS + 1, depth=PREFETCH)
         # A restart empties the queue (the tags of reads in flight stay: they still arrive).
         queue = SyncFIFOBuffered(width=Fetched.size, depth=PREFETCH)
         m.submodules.queue = ResetInserter(self.restart.valid)(queue)

@@ -25,6 +25,7 @@ from ...sw.isa.table import NUM_SEMAPHORES, SEM_BITS
 from ..axi import AxiSignature
 from ..isa import ComputeCommand, DmaCommand, Opcode, amaranth_enum
 from .cp import EngineReport, QueueEntry, window_hit
+from .posted_write import PostedWriter
 from .semaphores import SemaphoreBank
 
 __all__ = ["EngineHeads"]
@@ -120,6 +121,15 @@ class EngineHeads(wiring.Component):
         job, done, link = self.port("job", e), self.port("done", e), self.port("link", e)
         beat = self.link_axi.data_bytes
 
+        # remote signals: one posted write at a time on the head's link port (reads unused)
+        m.submodules[f"{name}_writer"] = writer = PostedWriter(self.link_axi)
+        m.d.comb += [link.aw.valid.eq(writer.aw.valid), link.aw.payload.eq(writer.aw.payload),
+                     writer.aw.ready.eq(link.aw.ready),
+                     link.w.valid.eq(writer.w.valid), link.w.payload.eq(writer.w.payload),
+                     writer.w.ready.eq(link.w.ready),
+                     writer.b.valid.eq(link.b.valid), writer.b.payload.eq(link.b.payload),
+                     link.b.ready.eq(writer.b.ready),
+                     link.ar.valid.eq(0), link.r.ready.eq(1)]
         state = Signal(_State, name=f"{name}_state")
         entry = Signal(QueueEntry, name=f"{name}_entry")
         watchdog = Signal(range(p.watchdog_cycles + 1), name=f"{name}_watchdog")
@@ -134,7 +144,10 @@ class EngineHeads(wiring.Component):
 
         consume_valid = Signal(name=f"{name}_consume")
         consume_index = Signal(SEM_BITS, name=f"{name}_consume_index")
-        blocked = Cat(v & (i == consume_index) for v, i in lower).any() if lower else C(0, 1)
+        # a lower head consuming the same semaphore, or the host setting it, goes first
+        blocked = Cat(*(v & (i == consume_index) for v, i in lower),
+                      self.sem_host_set.valid
+                      & (self.sem_host_set.payload.index == consume_index)).any()
 
         with m.Switch(state):
             with m.Case(_State.IDLE):
@@ -172,7 +185,9 @@ class EngineHeads(wiring.Component):
             with m.Case(_State.SIGNAL_AW):
                 target = Signal(64, name=f"{name}_signal_target")
                 m.d.comb += target.eq(signal.peer + regmap.SEM_INC + 8 * signal.sem)
-                with m.If(~signal.remote):
+                with m.If(self.stopped):
+                    m.d.sync += state.eq(_State.IDLE)
+                with m.Elif(~signal.remote):
                     m.d.comb += [update.valid.eq(1), update.payload.index.eq(signal.sem),
                                  update.payload.value.eq(signal.amount)]
                     m.d.sync += state.eq(_State.IDLE)
@@ -180,24 +195,24 @@ class EngineHeads(wiring.Component):
                     report(ErrorCode.DMA_WINDOW)
                 with m.Else():
                     lane = target[3:(beat - 1).bit_length()] if beat > 8 else 0
-                    m.d.comb += [link.aw.valid.eq(1), link.w.valid.eq(1),
-                                 link.aw.payload.addr.eq(target & ~(beat - 1)),
-                                 link.w.payload.data.eq(
-                                     Cat(signal.amount, Signal(48)).replicate(beat // 8)),
-                                 link.w.payload.strb.eq(0xFF << (8 * lane)),
-                                 link.w.payload.last.eq(1)]
-                    with m.If(link.aw.ready & link.w.ready):
+                    m.d.comb += [writer.start.valid.eq(1),
+                                 writer.start.payload.addr.eq(target & ~(beat - 1)),
+                                 writer.start.payload.data.eq(
+                                     Cat(signal.amount, C(0, 48)).replicate(beat // 8)),
+                                 writer.start.payload.strb.eq(0xFF << (8 * lane))]
+                    with m.If(writer.start.ready):
                         m.d.sync += state.eq(_State.SIGNAL_B)
             with m.Case(_State.SIGNAL_B):
-                m.d.comb += link.b.ready.eq(1)
-                with m.If(link.b.valid):
-                    with m.If(link.b.payload.resp != 0):
+                with m.If(~writer.busy):
+                    with m.If(writer.resp != 0):
                         report(ErrorCode.LINK_UNSUPPORTED)
                     with m.Else():
                         m.d.sync += state.eq(_State.IDLE)
 
             with m.Case(_State.JOB):
-                m.d.comb += [job.valid.eq(1),
+                with m.If(self.stopped):   # not handed over yet: dropped with the queue
+                    m.d.sync += state.eq(_State.IDLE)
+                m.d.comb += [job.valid.eq(~self.stopped),
                              job.payload.eq(cmd.as_value()[:job.payload.shape().size])]
                 with m.If(job.ready):
                     m.d.sync += state.eq(_State.DONE)
@@ -208,6 +223,4 @@ class EngineHeads(wiring.Component):
                         report(done.payload.error)
                     with m.Else():
                         m.d.sync += state.eq(_State.IDLE)
-        # the read channels of the link port are not used
-        m.d.comb += [link.ar.valid.eq(0), link.r.ready.eq(1)]
         return consume_valid, consume_index

@@ -315,6 +315,11 @@ class NeTile(wiring.Component):
             "dma": In(self._port),
         })
 
+    @property
+    def dma_port_signature(self):
+        """The :class:`ScratchpadPort` the DMA side connects to :attr:`dma` (requester view)."""
+        return self._port
+
     def elaborate(self, platform):
         m = Module()
         R, C, WB = self.rows, self.cols, self.word_bytes

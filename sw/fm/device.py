@@ -163,10 +163,10 @@ class Device:
             if value & 1:
                 self._reset_queue()
             return
-        if off == R["RING_BASE"]:
-            self.ring_base = value
+        if off == R["RING_BASE"]:   # commands are 32-byte aligned: the low bits read as 0
+            self.ring_base = value & ~(COMMAND_BYTES - 1)
         elif off == R["RING_SIZE"]:
-            self.ring_size = value
+            self.ring_size = value & ~(COMMAND_BYTES - 1)
         elif off == R["RING_TAIL"]:
             self.tail = value
         elif off == R["MSI_ADDR"]:
@@ -299,6 +299,9 @@ class Device:
             if self.frames:
                 raise DeviceFault(ErrorCode.CALL_DEPTH, "CALL inside a called stream")
             base = self._resolve(cmd)["addr"]
+            if base % COMMAND_BYTES:
+                raise DeviceFault(ErrorCode.ALIGNMENT, f"called stream at {base:#x} is not "
+                                  f"{COMMAND_BYTES}-byte aligned")
             self._check_window(Space.DRAM, base, HEADER_BYTES, write=False)
             if base + HEADER_BYTES > self.params.dram_bytes:
                 raise DeviceFault(ErrorCode.TRUNCATED_STREAM, f"header at {base:#x} past DRAM")
@@ -324,8 +327,8 @@ class Device:
             if r["dst"] % 16:
                 raise DeviceFault(ErrorCode.ALIGNMENT, f"completion record at {r['dst']:#x} is "
                                   "not 16-byte aligned")
-            record = struct.pack("<IIQ", c["seq"], int(self.state) | int(self.error_code) << 8,
-                                 self.kernel.now)
+            # the status of a running device: it is executing this command
+            record = struct.pack("<IIQ", c["seq"], int(DeviceState.RUNNING), self.kernel.now)
             mem, local = self._target(r["dst_space"], r["dst"], len(record), write=True)
             mem.write(local, record)
             if c["irq"]:
@@ -363,16 +366,14 @@ class Device:
                     else:
                         self.sems[c["sem"]] += c["amount"]
                 elif cmd.spec.cls == CommandClass.DMA:
+                    # a command an engine has started finishes even if the device stops
+                    # meanwhile (as in the hardware); only queued ones are dropped
                     plan = self._plan_dma(cmd.name, c)
                     yield plan.cycles
-                    if self.stopped:
-                        continue
                     plan.execute()
                     st.bytes += plan.bytes
                 else:
                     yield timing.compute_cycles(p, cmd.name, c)
-                    if self.stopped:
-                        continue
                     _COMPUTE[cmd.name](self.sram, c)
                     if cmd.name == "MATMUL":
                         st.macs += c["m"] * c["n"] * c["k"]

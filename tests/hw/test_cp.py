@@ -261,7 +261,7 @@ def test_registers_branches_and_dispatch():
     s, h, _ = compare(cmds)
     assert h.msis == [0]                        # the launch's COMPLETE, vector = device 0
     record = h.host[s.bus.completion(0)]
-    assert int.from_bytes(record[:4], "little") == 1    # seq
+    assert record[:8] == s.host.read(s.bus.completion(0), 8).tobytes()   # seq, status
     assert int.from_bytes(record[4:8], "little") == 1   # RUNNING, no error
 
 

@@ -345,7 +345,7 @@ def test_completion_record_and_msi():
     for dev in range(2):
         rec = s.host.read(s.bus.completion(dev), 16)
         seq, status = rec[:4].view("<u4")[0], rec[4:8].view("<u4")[0]
-        assert seq == dev + 1 and status & 0xFF == DeviceState.IDLE and status >> 8 == 0
+        assert seq == dev + 1 and status & 0xFF == DeviceState.RUNNING and status >> 8 == 0
 
 
 def test_device_reads_host_memory():
