@@ -192,13 +192,8 @@ class CommandProcessor(wiring.Component):
         # completion records and MSIs: one write at a time per port, always carried through
         m.submodules.dram_writer = dram_writer = PostedWriter(self.dram_axi)
         m.submodules.link_writer = link_writer = PostedWriter(self.link_axi)
-        for writer, port in ((dram_writer, self.dram), (link_writer, self.link)):
-            m.d.comb += [port.aw.valid.eq(writer.aw.valid), port.aw.payload.eq(writer.aw.payload),
-                         writer.aw.ready.eq(port.aw.ready),
-                         port.w.valid.eq(writer.w.valid), port.w.payload.eq(writer.w.payload),
-                         writer.w.ready.eq(port.w.ready),
-                         writer.b.valid.eq(port.b.valid), writer.b.payload.eq(port.b.payload),
-                         port.b.ready.eq(writer.b.ready)]
+        dram_writer.connect_port(m, self.dram)
+        link_writer.connect_port(m, self.link)
 
         # -- faults: the first one wins -------------------------------------------------------
         fault = Signal()

@@ -123,13 +123,8 @@ class EngineHeads(wiring.Component):
 
         # remote signals: one posted write at a time on the head's link port (reads unused)
         m.submodules[f"{name}_writer"] = writer = PostedWriter(self.link_axi)
-        m.d.comb += [link.aw.valid.eq(writer.aw.valid), link.aw.payload.eq(writer.aw.payload),
-                     writer.aw.ready.eq(link.aw.ready),
-                     link.w.valid.eq(writer.w.valid), link.w.payload.eq(writer.w.payload),
-                     writer.w.ready.eq(link.w.ready),
-                     writer.b.valid.eq(link.b.valid), writer.b.payload.eq(link.b.payload),
-                     link.b.ready.eq(writer.b.ready),
-                     link.ar.valid.eq(0), link.r.ready.eq(1)]
+        writer.connect_port(m, link)
+        m.d.comb += [link.ar.valid.eq(0), link.r.ready.eq(1)]
         state = Signal(_State, name=f"{name}_state")
         entry = Signal(QueueEntry, name=f"{name}_entry")
         watchdog = Signal(range(p.watchdog_cycles + 1), name=f"{name}_watchdog")

@@ -48,6 +48,16 @@ class PostedWriter(wiring.Component):
             "resp": Out(2),
         })
 
+    def connect_port(self, m, port):
+        """Drive ``port``'s write channels (an AXI master port) from this writer; its read
+        channels are left to their other user."""
+        m.d.comb += [port.aw.valid.eq(self.aw.valid), port.aw.payload.eq(self.aw.payload),
+                     self.aw.ready.eq(port.aw.ready),
+                     port.w.valid.eq(self.w.valid), port.w.payload.eq(self.w.payload),
+                     self.w.ready.eq(port.w.ready),
+                     self.b.valid.eq(port.b.valid), self.b.payload.eq(port.b.payload),
+                     port.b.ready.eq(self.b.ready)]
+
     def elaborate(self, platform):
         m = Module()
         aw_owed, w_owed, b_owed = Signal(), Signal(), Signal()
