@@ -13,7 +13,7 @@ device exactly the image and registers the model started from.
 from dataclasses import dataclass, field
 
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, Edge, FallingEdge, First, ReadOnly, Timer
+from cocotb.triggers import ClockCycles, FallingEdge, First, ReadOnly, Timer
 
 from ..hw.device.cp import Mmio
 from ..sw import regmap
@@ -66,6 +66,7 @@ class DeviceHost:
 
     def __init__(self, dut, params, *, clock_ns=10):
         self.dut, self.params, self.clock_ns = dut, params, clock_ns
+        self._clock_started = False
         self.dram = DramBackdoor(dut, data_bytes=params.dram_bytes_per_cycle,
                                  prefix="dram_backdoor__", hexfile="dram.hex")
         self.host = DramBackdoor(dut, data_bytes=params.dram_bytes_per_cycle,
@@ -73,7 +74,9 @@ class DeviceHost:
 
     async def reset(self):
         dut = self.dut
-        Clock(dut.clk, self.clock_ns, unit="ns").start()
+        if not self._clock_started:     # once: a later reset keeps the same clock
+            Clock(dut.clk, self.clock_ns, unit="ns").start()
+            self._clock_started = True
         dut.rst.value = 1
         dut.mmio__valid.value = 0
         dut.mmio_rdata__ready.value = 1
@@ -136,7 +139,7 @@ class DeviceHost:
                     or dut.stopped.value:
                 await FallingEdge(dut.clk)
                 return waited
-            await First(Edge(dut.irq_count), Edge(dut.stopped),
+            await First(dut.irq_count.value_change, dut.stopped.value_change,
                         Timer(step * self.clock_ns, unit="ns"))
             waited += step
         raise TimeoutError(f"no interrupt and no stop within {timeout_cycles} cycles")

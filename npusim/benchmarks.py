@@ -16,7 +16,8 @@ from pathlib import Path
 from .sw.isa.enums import DType
 from .sw.params import HwParams
 
-__all__ = ["BENCHMARKS", "GEMM_ARRAYS", "bench_gemm", "gemm_shapes", "run_benchmarks"]
+__all__ = ["BENCHMARKS", "GEMM_ARRAYS", "bench_dma", "bench_gemm", "bench_paged", "gemm_shapes",
+           "run_benchmarks"]
 
 
 def bench_fm_speed():
@@ -160,7 +161,97 @@ def bench_gemm(arrays=None, shapes=gemm_shapes, seed=1):
     }
 
 
-BENCHMARKS = {"fm-speed": bench_fm_speed, "gemm": bench_gemm}
+def _device_cases(cases):
+    """Run timed cases on the 4x4 device (the cached build of the device tests) with the
+    empty stream as the baseline: ``(rows, run, baseline, cycles_per_second)``; each row's
+    ``cycles`` is what its commands add to a stream (record difference minus the baseline's,
+    the completion record's own write response)."""
+    from .cosim.device_timing import control_case, measure
+    rows, run = measure([control_case("empty stream", 0), *cases])
+    base = rows[0]
+    for r in rows[1:]:
+        r["cycles"] = r["rtl"] - base["rtl"]
+        r["fm_cycles"] = r["fm"] - base["fm"]
+    wall = sum(r["wall_s"] for r in rows)
+    speed = round(sum(r["total_cycles"] for r in rows) / wall) if wall else None
+    return rows[1:], run, base["rtl"], speed
+
+
+def _run_summary(run):
+    return {"build_seconds": round(run["build_seconds"], 1), "cached": run["cached"],
+            "simulation_seconds": round(run["simulation_seconds"], 1)}
+
+
+def bench_dma():
+    """DMA throughput of large linear transfers on the device RTL (Verilator): bytes per cycle
+    against the 32-byte-per-cycle port, each transfer one DMA_COPY checked against the
+    functional model's result. ``efficiency`` is the minimum over the transfers."""
+    from .cosim.device_timing import DEVICE_PARAMS, copy_case
+    from .sw.isa.enums import Engine, Space
+    S, D = Space.SRAM, Space.DRAM
+    cases = [copy_case("DRAM->SRAM 64 KiB", D, S, 65536),
+             copy_case("SRAM->DRAM 64 KiB", S, D, 65536, engine=Engine.DMA_OUT),
+             copy_case("DRAM->DRAM 64 KiB", D, D, 65536),
+             copy_case("DRAM->DRAM 256 KiB", D, D, 262144)]
+    rows, run, base, speed = _device_cases(cases)
+    peak = DEVICE_PARAMS.dram_bytes_per_cycle
+    print(f"{'transfer':<20} {'bytes':>7} {'cycles':>7} {'B/cycle':>8} {'of peak':>8} "
+          f"{'FM cycles':>9}")
+    out = []
+    for r in rows:
+        n = r["info"]["bytes"]
+        eff = n / r["cycles"] / peak
+        out.append({"transfer": r["name"], "bytes": n, "cycles": r["cycles"],
+                    "bytes_per_cycle": round(n / r["cycles"], 3), "efficiency": round(eff, 4),
+                    "fm_cycles": r["fm_cycles"]})
+        print(f"{r['name']:<20} {n:>7} {r['cycles']:>7} {n / r['cycles']:>8.2f} "
+              f"{100 * eff:>7.1f}% {r['fm_cycles']:>9}")
+    print(f"cycles are those a transfer adds to a stream (between two completion records, "
+          f"minus the {base} of an empty stream); port peak {peak} B/cycle")
+    print(f"rtl cycles/s {speed:,}; build {run['build_seconds']:.1f} s "
+          f"({'cached' if run['cached'] else 'built'}), simulation "
+          f"{run['simulation_seconds']:.1f} s")
+    return {"efficiency": min(r["efficiency"] for r in out), "peak_bytes_per_cycle": peak,
+            "rtl_cycles_per_second": speed, "empty_stream_cycles": base, "rows": out,
+            **_run_summary(run)}
+
+
+def bench_paged():
+    """Paged-KV read against contiguous KV on the device RTL (Verilator): one sequence's K rows
+    gathered through a random block table (DMA_GATHER, block size 16) against the same bytes
+    read by one DMA_COPY, both from DRAM into the scratchpad, results checked against the
+    functional model. ``overhead`` = gathered cycles / contiguous cycles - 1, the largest over
+    the head sizes."""
+    from .cosim.device_timing import copy_case, gather_case
+    from .sw.isa.enums import Space
+    plan = [(512, 128), (256, 256)]          # tokens x row bytes (head_dim 64, 128 in bf16)
+    cases = []
+    for tokens, row in plan:
+        cases.append(gather_case(f"gather {tokens} x {row} B", tokens, row, seed=3))
+        cases.append(copy_case(f"copy {tokens * row} B", Space.DRAM, Space.SRAM, tokens * row))
+    rows, run, base, speed = _device_cases(cases)
+    print(f"{'K rows':<16} {'bytes':>6} {'gather':>7} {'contig':>7} {'overhead':>9} "
+          f"{'FM gather':>9} {'FM contig':>9}")
+    out = []
+    for (tokens, row), g, c in zip(plan, rows[0::2], rows[1::2]):
+        overhead = g["cycles"] / c["cycles"] - 1
+        out.append({"tokens": tokens, "row_bytes": row, "bytes": tokens * row,
+                    "gather_cycles": g["cycles"], "contiguous_cycles": c["cycles"],
+                    "overhead": round(overhead, 4), "fm_gather_cycles": g["fm_cycles"],
+                    "fm_contiguous_cycles": c["fm_cycles"]})
+        print(f"{tokens:>4} x {row:>3} B    {tokens * row:>6} {g['cycles']:>7} {c['cycles']:>7} "
+              f"{100 * overhead:>8.1f}% {g['fm_cycles']:>9} {c['fm_cycles']:>9}")
+    print(f"block size 16, random block table; cycles added to a stream (minus the {base} of "
+          f"an empty stream)")
+    print(f"rtl cycles/s {speed:,}; build {run['build_seconds']:.1f} s "
+          f"({'cached' if run['cached'] else 'built'}), simulation "
+          f"{run['simulation_seconds']:.1f} s")
+    return {"overhead": max(r["overhead"] for r in out), "rtl_cycles_per_second": speed,
+            "empty_stream_cycles": base, "rows": out, **_run_summary(run)}
+
+
+BENCHMARKS = {"fm-speed": bench_fm_speed, "gemm": bench_gemm, "dma": bench_dma,
+              "paged": bench_paged}
 
 
 def run_benchmarks(name, record=None):

@@ -30,13 +30,21 @@ class HwParams:
     # memory
     dram_bytes: int = 64 * 1024 * 1024  #: device DRAM size
     dram_bytes_per_cycle: int = 32      #: DRAM port bandwidth (one 256-bit beat per cycle)
-    dram_latency: int = 40              #: cycles from a read request to its first beat
+    dram_latency: int = 40              #: cycles from a read request to its first beat, and
+                                        #: from a write's last beat to its response
+    dram_outstanding: int = 8           #: read (and write) bursts the DRAM port accepts at once
     sram_bytes_per_cycle: int = 32      #: scratchpad DMA-port bandwidth
-    dma_setup: int = 4                  #: cycles to start a DMA descriptor
-    dma_row_overhead: int = 1           #: cycles per contiguous row of a strided DMA
     dma_align: int = 4                  #: addresses, lengths and strides of DMAs: multiples of this
+    dma_burst_beats: int = 16           #: longest DMA burst; bursts start on multiples of it
+    # DMA and command-processor timing, fitted to the device RTL's cycle counts
+    # (docs/hw/dma.md, "Timing"; tests/hw/test_device_timing.py)
+    dma_setup: int = 13                 #: cycles from dispatch to a DMA's first request, and its end
+    dma_row_overhead: int = 1           #: cycles per row besides its beats
+    dma_table_overhead: int = 10        #: gather/scatter table passes besides 2 latencies + entries
     # command processor
-    cp_dispatch: int = 2           #: cycles to fetch, decode and dispatch one command
+    cp_dispatch: int = 2           #: cycles to decode and dispatch one fetched command
+    cp_prefetch: int = 16          #: commands the fetcher reads ahead (one single-beat read each)
+    cp_record_overhead: int = 5    #: a COMPLETE's cycles after its record's write response
     engine_queue_depth: int = 16   #: commands an engine queue holds
     watchdog_cycles: int = 1_000_000  #: a wait longer than this is SEM_TIMEOUT
     # link (PCIe-like; Gen5 x16 = 16 lanes at ~4 B/cycle per lane at 1 GHz)

@@ -34,8 +34,9 @@ WindowLayout = data.StructLayout({"base": 64, "size": 64, "flags": 3})
 DoneLayout = data.StructLayout({"error": amaranth_enum(ErrorCode)})
 
 #: Longest AXI burst the engine issues (512 B at 32 B/beat). Bursts start on multiples of it,
-#: so they never cross a 4 KiB boundary.
-BURST_BEATS = 16
+#: so they never cross a 4 KiB boundary. ``HwParams.dma_burst_beats`` (the functional model's
+#: timing counts bursts); the engine refuses any other value.
+BURST_BEATS = DEFAULT.dma_burst_beats
 #: Source beats buffered between the reader and the realigner (2 KiB at 32 B/beat); a read is
 #: issued only when its beats have room, so read data is never back-pressured.
 DATA_FIFO_BEATS = 64
@@ -108,6 +109,8 @@ class DmaEngine(wiring.Component):
             problem = f"dram_bytes must be a power of two, not {params.dram_bytes}"
         elif params.sram_bytes % B:
             problem = f"sram_bytes must be a multiple of {B}"
+        elif params.dma_burst_beats != BURST_BEATS:
+            problem = f"dma_burst_beats must be {BURST_BEATS}, not {params.dma_burst_beats}"
         if problem:
             refuse(self, ValueError(problem))
         self.params = params

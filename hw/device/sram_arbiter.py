@@ -10,7 +10,6 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from ..ne.scratchpad import ScratchpadPort
 
 __all__ = ["SramArbiter"]
 

@@ -93,6 +93,11 @@ class Device:
         self.stopped_state = None  # DeviceState.HALTED or FAULT once stopped
         self.error_code, self.error_offset, self.error_message, self.halt_code = ErrorCode.OK, 0, "", 0
         self.last_activity = 0
+        # the command fetcher (timing only): DRAM address of the next command it reads, the
+        # arrival cycles of the commands read ahead, the completion cycles of its last reads
+        self._fetch_addr = None
+        self._fetched = deque()
+        self._fetch_reads = deque(maxlen=params.dram_outstanding)
         self.kernel.spawn(self._command_processor())
         for e in Engine:
             self.kernel.spawn(self._engine(e))
@@ -197,6 +202,7 @@ class Device:
         self.stopped_state = None
         self.error_code, self.error_offset, self.error_message = ErrorCode.OK, 0, ""
         self.head = self.tail
+        self._fetch_addr = None
         self.frames.clear()
         for q in self.queues.values():
             q.clear()
@@ -216,6 +222,37 @@ class Device:
         self.head = (self.head + COMMAND_BYTES) % self.ring_size
         return addr, None
 
+    def _fetch_read(self):
+        """Issue one single-beat command read: at most ``dram_outstanding`` in flight."""
+        p, reads = self.params, self._fetch_reads
+        issue = max(self.kernel.now, reads[0] if len(reads) == reads.maxlen else 0)
+        done = issue + p.dram_latency + 1
+        reads.append(done)
+        self._fetched.append(done)
+
+    def _fetch_wait(self, addr):
+        """Cycles until the command at ``addr`` (the next in stream order) has been fetched.
+
+        The fetcher reads up to ``cp_prefetch`` commands ahead, one single-beat DRAM read
+        each, at most ``dram_outstanding`` in flight; it restarts (dropping what it read
+        ahead) when the stream does not continue at the next address (a call, a return, a
+        taken branch) and waits for the doorbell at the end of the ring."""
+        if addr != self._fetch_addr or not self._fetched:
+            self._fetched.clear()
+            self._fetch_read()
+        arrival = self._fetched.popleft()
+        self._fetch_addr = addr + COMMAND_BYTES
+        if self.frames:
+            f = self.frames[-1]
+            ahead = f.n - f.pc
+        else:
+            ahead = (self.tail - self.head) % self.ring_size // COMMAND_BYTES if self.ring_size else 0
+            if self.ring_size and addr + COMMAND_BYTES == self.ring_base + self.ring_size:
+                self._fetch_addr = self.ring_base
+        for _ in range(min(ahead, self.params.cp_prefetch - 1) - len(self._fetched)):
+            self._fetch_read()
+        return max(0, arrival - self.kernel.now)
+
     def _command_processor(self):
         p = self.params
         while True:
@@ -227,7 +264,7 @@ class Device:
                 self.fault(ErrorCode.TRUNCATED_STREAM, self.ring_base, "doorbell with no ring")
                 continue
             addr, index = self._next()
-            yield p.cp_dispatch
+            yield self._fetch_wait(addr) + p.cp_dispatch
             if self.stopped:
                 continue
             self.last_activity = self.kernel.now
@@ -331,6 +368,10 @@ class Device:
             record = struct.pack("<IIQ", c["seq"], int(DeviceState.RUNNING), self.kernel.now)
             mem, local = self._target(r["dst_space"], r["dst"], len(record), write=True)
             mem.write(local, record)
+            # the command processor waits for the record's write response
+            p = self.params
+            yield (p.dram_latency if r["dst_space"] == Space.DRAM else 2 * p.link_latency) \
+                + p.cp_record_overhead
             if c["irq"]:
                 self.system.post_write(self, self.msi_addr, c["vector"].to_bytes(4, "little"))
         else:  # pragma: no cover - the table and this dispatcher are kept in step by tests
@@ -436,16 +477,24 @@ class Device:
         plan = _DmaPlan()
         n_rows, row_bytes = dma.rows(name, c)
         spaces = (Space.DRAM, Space.DRAM)
+        bursts = [0, 0]
         for row in dma.copies(name, c, entries):
             spaces = (row.src_space, row.dst_space)
             if row.n:
                 smem, sa = self._memory(row.src_space, row.src, row.n)
                 dmem, da = self._memory(row.dst_space, row.dst, row.n)
                 plan.copies.append(_Copy(smem, sa, dmem, da, row.n))
+                for side, (space, addr) in enumerate(((row.src_space, row.src),
+                                                      (row.dst_space, row.dst))):
+                    if space == Space.DRAM:
+                        bursts[side] += timing.dram_bursts(p, addr, row.n)
         plan.bytes = len(plan.copies) * row_bytes
-        extra = p.dram_latency if name in ("DMA_GATHER", "DMA_SCATTER") else 0
-        plan.cycles = timing.dma_cycles(p, spaces[0], spaces[1], len(plan.copies),
-                                        row_bytes) + extra
+        first = plan.copies[0] if plan.copies else None
+        plan.cycles = timing.dma_cycles(
+            p, spaces[0], spaces[1], len(plan.copies), row_bytes,
+            src_offset=first.src_addr if first else 0, dst_offset=first.dst_addr if first else 0,
+            bursts=max(bursts),
+            table_entries=len(entries) if name in ("DMA_GATHER", "DMA_SCATTER") else None)
         return plan
 
     def _memory(self, space, addr, n):

@@ -2,8 +2,10 @@
 
 The NE-tile commands follow the RTL's structure (beats, scratchpad reads, fill and drain), with
 constants fitted to its cycle counts: within 5 % for MATMULs of 4x the array and up and for
-elementwise commands (checked by tests/hw/test_ne_tile.py). DMA and link costs are first
-estimates until the device and link RTL exist.
+elementwise commands (checked by tests/hw/test_ne_tile.py). DMA costs and the command
+processor's are fitted to the device RTL with its DRAM model (``tests/hw/test_device_timing.py``:
+within 5 % for transfers of 1 KiB and more); link costs are first estimates until the link RTL
+exists.
 """
 
 from math import ceil
@@ -12,7 +14,7 @@ from ...firmware.microcode import microcode_length
 from ..isa.enums import DType, Space, VBMode, VectorOp
 from ..numerics import OPERANDS
 
-__all__ = ["dma_cycles", "compute_cycles", "link_efficiency"]
+__all__ = ["dma_cycles", "dram_bursts", "compute_cycles", "link_efficiency"]
 
 
 def link_efficiency(p):
@@ -29,19 +31,55 @@ def _bandwidth(p, space):
 
 
 def _latency(p, src, dst):
+    """Read latency of the source (to the first beat) plus the write-response latency of the
+    destination (after the last beat): the DMA engine is done when every write is answered."""
     lat = {Space.SRAM: 1, Space.DRAM: p.dram_latency, Space.LINK: 2 * p.link_latency}[src]
-    if dst == Space.LINK:
-        lat += p.link_latency
+    lat += {Space.SRAM: 0, Space.DRAM: p.dram_latency, Space.LINK: p.link_latency}[dst]
     return lat
 
 
-def dma_cycles(p, src_space, dst_space, rows, row_bytes):
-    """A DMA moving ``rows`` contiguous rows of ``row_bytes`` each."""
+def dram_bursts(p, addr, n):
+    """DRAM bursts of a DMA row of ``n`` bytes at ``addr``: its beats split at multiples of
+    ``dma_burst_beats``."""
+    word, burst = p.dram_bytes_per_cycle, p.dma_burst_beats
+    first, end = addr // word, -(-(addr + n) // word)
+    return -(-end // burst) - first // burst
+
+
+def dma_cycles(p, src_space, dst_space, rows, row_bytes, *, src_offset=0, dst_offset=0,
+               bursts=None, table_entries=None):
+    """A DMA moving ``rows`` rows of ``row_bytes`` each, from dispatch to its last write
+    answered (fitted to the RTL's DMA engine with its DRAM model, ``docs/hw/dma.md``,
+    "Timing")::
+
+        dma_setup + source read latency + destination write latency
+            + max(rows * (beats + dma_row_overhead),
+                  (bursts * dram_latency + rows * beats) / dram_outstanding)
+
+    A row's ``beats`` are the larger of its source and destination beats (from the offsets of
+    ``src_offset`` and ``dst_offset`` in the word). The second term is the DRAM port's bound
+    when rows are short: at most ``dram_outstanding`` bursts in flight, each pending for the
+    latency and its beats. ``bursts``: the DRAM bursts of the side with more (by default each
+    row's beats split at multiples of ``dma_burst_beats`` from a random start).
+    ``table_entries``: a gather or scatter, whose block table (or slot mapping) is read twice,
+    once for the checks and once for the rows: two DRAM latencies, ``dma_table_overhead`` and
+    a cycle per entry.
+    """
+    cycles = p.dma_setup
+    if table_entries is not None:
+        cycles += 2 * p.dram_latency + p.dma_table_overhead + table_entries
     if rows == 0 or row_bytes == 0:
-        return p.dma_setup
+        return cycles
     bw = min(_bandwidth(p, src_space), _bandwidth(p, dst_space))
-    per_row = ceil(row_bytes / bw) + p.dma_row_overhead
-    return p.dma_setup + _latency(p, src_space, dst_space) + rows * per_row
+    word = p.dram_bytes_per_cycle
+    beats = max(ceil((src_offset % word + row_bytes) / bw),
+                ceil((dst_offset % word + row_bytes) / bw))
+    stream = rows * (beats + p.dma_row_overhead)
+    if Space.DRAM in (src_space, dst_space):
+        if bursts is None:
+            bursts = rows * (1 + (beats - 1) / p.dma_burst_beats)
+        stream = max(stream, (bursts * p.dram_latency + rows * beats) / p.dram_outstanding)
+    return round(cycles + _latency(p, src_space, dst_space) + stream)
 
 
 def _matmul_cycles(p, c):
