@@ -51,7 +51,7 @@ def model_launch(system, device, stream, addr, regs=None, extra_regions=()):
         out.regions.append((d.ring_base + pos, d.dram.read(d.ring_base + pos, 32).tobytes()))
     R = regmap.OFFSET
     out.writes += [(R["RING_BASE"], d.ring_base), (R["RING_SIZE"], d.ring_size),
-                   (R["MSI_ADDR"], d.msi_addr)]
+                   (R["MSI_ADDR"], d.msi_addr), (R["WATCHDOG"], d.watchdog)]
     for i, (base, size, flags) in enumerate(d.windows):
         w = regmap.WINDOW + regmap.WINDOW_STRIDE * i
         out.writes += [(w, base), (w + 8, size), (w + 16, flags)]

@@ -54,6 +54,8 @@ REGISTERS = (
     Register("RING_TAIL", 0x038, "rw", "doorbell: byte offset one past the last valid command"),
     Register("MSI_ADDR", 0x040, "rw", "bus address MSIs are written to"),
     Register("CYCLES", 0x048, "ro", "cycle counter"),
+    Register("WATCHDOG", 0x050, "rw", "cycles a SEM_WAIT may wait before it is SEM_TIMEOUT "
+             "(at reset: HwParams.watchdog_cycles)"),
     Register("RUNTIME_REG", 0x100, "rw", "run-time registers R[0..31] (R[0] reads 0)", NUM_REGS),
     Register("SEM_VALUE", 0x200, "rw", "semaphore values", NUM_SEMAPHORES),
     Register("SEM_INC", 0x400, "wo", "writing n adds n to the semaphore (remote signals land here)",

@@ -125,6 +125,7 @@ class CommandProcessor(wiring.Component):
             "engine_idle": In(_ENGINES),
             "windows": Out(data.ArrayLayout(window_layout, regmap.NUM_WINDOWS)),
             "stopped": Out(1),
+            "watchdog": Out(32),
             # the semaphores live with the engine heads: MMIO reaches them through these
             "sem_values": In(data.ArrayLayout(64, NUM_SEMAPHORES)),
             "sem_set": Out(_SEM_WRITE),
@@ -156,7 +157,9 @@ class CommandProcessor(wiring.Component):
         windows = Signal(data.ArrayLayout(self.window_layout, regmap.NUM_WINDOWS),
                          init=[{"base": 0, "size": p.dram_bytes,
                                 "flags": regmap.WINDOW_READ | regmap.WINDOW_WRITE}])
-        m.d.comb += [self.windows.eq(windows), self.stopped.eq(stop != 0)]
+        watchdog = Signal(32, init=p.watchdog_cycles)
+        m.d.comb += [self.windows.eq(windows), self.stopped.eq(stop != 0),
+                     self.watchdog.eq(watchdog)]
         m.d.sync += cycles.eq(cycles + 1)
         running = Signal()
         m.d.comb += running.eq(stop == regmap.DeviceState.IDLE)
@@ -396,7 +399,8 @@ class CommandProcessor(wiring.Component):
                              {Space.DRAM: dram_writer, Space.LINK: link_writer})
 
         # -- MMIO ---------------------------------------------------------------------------------
-        self._mmio(m, regs=regs, idle=idle, ring_base=ring_base, ring_size=ring_size, head=head,
+        self._mmio(m, regs=regs, idle=idle, watchdog=watchdog, ring_base=ring_base,
+                   ring_size=ring_size, head=head,
                    tail=tail, msi_addr=msi_addr, cycles=cycles, stop=stop, error=error,
                    error_offset=error_offset, windows=windows, flush=flush,
                    fetching=fetching, in_frame=in_frame, step=step, restart_at=restart_at)
@@ -459,7 +463,7 @@ class CommandProcessor(wiring.Component):
 
     # -- host registers ---------------------------------------------------------------------------
 
-    def _mmio(self, m, *, regs, idle, ring_base, ring_size, head, tail, msi_addr, cycles, stop,
+    def _mmio(self, m, *, regs, idle, watchdog, ring_base, ring_size, head, tail, msi_addr, cycles, stop,
               error, error_offset, windows, flush, fetching, in_frame, step, restart_at):
         R = regmap.OFFSET
         req, rdata = self.mmio, self.mmio_rdata
@@ -477,7 +481,7 @@ class CommandProcessor(wiring.Component):
                   R["STATUS"]: Cat(state, error),
                   R["ERROR_OFFSET"]: error_offset, R["RING_BASE"]: ring_base,
                   R["RING_SIZE"]: ring_size, R["RING_HEAD"]: head, R["RING_TAIL"]: tail,
-                  R["MSI_ADDR"]: msi_addr, R["CYCLES"]: cycles}
+                  R["MSI_ADDR"]: msi_addr, R["CYCLES"]: cycles, R["WATCHDOG"]: watchdog}
         with m.If(take & ~req.payload.write):
             m.d.sync += [rdata.valid.eq(1), rdata.payload.eq(0)]
             with m.Switch(addr):
@@ -513,6 +517,8 @@ class CommandProcessor(wiring.Component):
                     m.d.sync += tail.eq(value)
                 with m.Case(R["MSI_ADDR"]):
                     m.d.sync += msi_addr.eq(value)
+                with m.Case(R["WATCHDOG"]):
+                    m.d.sync += watchdog.eq(value)
                 for i in range(1, NUM_REGS):
                     with m.Case(regmap.RUNTIME_REG + 8 * i):
                         m.d.sync += regs[i].eq(value)

@@ -3,7 +3,7 @@
 Each of the four engine queues has a head that takes one command at a time, in order:
 
 * ``SEM_WAIT``: waits until the semaphore is >= ``value`` (then subtracts it with
-  ``consume``); a wait longer than ``watchdog_cycles`` is SEM_TIMEOUT;
+  ``consume``); a wait longer than the WATCHDOG register says is SEM_TIMEOUT;
 * ``SEM_SIGNAL``: adds ``amount`` to a local semaphore, or (``remote``) sends it as a posted
   8-byte write to the peer's SEM_INC register on its link port, after checking the link
   window (DMA_WINDOW); an error response is LINK_UNSUPPORTED;
@@ -56,6 +56,8 @@ class EngineHeads(wiring.Component):
         Bit ``e``: head ``e`` holds no command.
     stopped : ``In(1)``
         The device stopped: waits are abandoned (engine jobs still finish).
+    watchdog : ``In(32)``
+        Cycles a SEM_WAIT may wait (the WATCHDOG register).
     job_<engine> : ``Out(stream.Signature(DmaCommand or ComputeCommand))``
         The command for the engine (COMPUTE: the NE tile; the others: a DMA engine).
     done_<engine> : ``In(stream.Signature({error}))``
@@ -75,6 +77,7 @@ class EngineHeads(wiring.Component):
         members = {
             "idle": Out(_ENGINES),
             "stopped": In(1),
+            "watchdog": In(32),
             "windows": In(data.ArrayLayout(window_layout, regmap.NUM_WINDOWS)),
             "sem_values": Out(data.ArrayLayout(64, NUM_SEMAPHORES)),
             "sem_host_set": In(host),
@@ -115,7 +118,6 @@ class EngineHeads(wiring.Component):
         return m
 
     def _head(self, m, e, update, values, lower):
-        p = self.params
         name = e.name.lower()
         queue, fault = self.port("queue", e), self.port("fault", e)
         job, done, link = self.port("job", e), self.port("done", e), self.port("link", e)
@@ -127,7 +129,7 @@ class EngineHeads(wiring.Component):
         m.d.comb += [link.ar.valid.eq(0), link.r.ready.eq(1)]
         state = Signal(_State, name=f"{name}_state")
         entry = Signal(QueueEntry, name=f"{name}_entry")
-        watchdog = Signal(range(p.watchdog_cycles + 1), name=f"{name}_watchdog")
+        waited = Signal(32, name=f"{name}_waited")
         m.d.comb += self.idle[e].eq(state == _State.IDLE)
         cmd = entry.cmd
         wait, signal = cmd.args.sem_wait, cmd.args.sem_signal
@@ -151,7 +153,7 @@ class EngineHeads(wiring.Component):
                     m.d.sync += entry.eq(queue.payload)
                     op = queue.payload.cmd.opcode
                     with m.If(op == Opcode.SEM_WAIT):
-                        m.d.sync += [state.eq(_State.WAIT), watchdog.eq(0)]
+                        m.d.sync += [state.eq(_State.WAIT), waited.eq(0)]
                     with m.Elif(op == Opcode.SEM_SIGNAL):
                         m.d.sync += state.eq(_State.SIGNAL_AW)
                     with m.Else():
@@ -172,10 +174,10 @@ class EngineHeads(wiring.Component):
                             m.d.sync += state.eq(_State.IDLE)
                     with m.Else():
                         m.d.sync += state.eq(_State.IDLE)
-                with m.Elif(watchdog >= p.watchdog_cycles):
+                with m.Elif(waited >= self.watchdog):
                     report(ErrorCode.SEM_TIMEOUT)
                 with m.Else():
-                    m.d.sync += watchdog.eq(watchdog + 1)
+                    m.d.sync += waited.eq(waited + 1)
 
             with m.Case(_State.SIGNAL_AW):
                 target = Signal(64, name=f"{name}_signal_target")

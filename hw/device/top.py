@@ -93,6 +93,7 @@ class Device(wiring.Component):
         m.d.comb += [
             cp.engine_idle.eq(heads.idle),
             heads.stopped.eq(cp.stopped),
+            heads.watchdog.eq(cp.watchdog),
             heads.windows.eq(cp.windows),
             cp.sem_values.eq(heads.sem_values),
         ]

@@ -86,6 +86,7 @@ class Device:
         self.windows[0] = [0, params.dram_bytes, regmap.WINDOW_READ | regmap.WINDOW_WRITE]
         self.ring_base = self.ring_size = self.head = self.tail = 0
         self.msi_addr = 0
+        self.watchdog = params.watchdog_cycles
         self.link_up = True
         self.frames = []
         self.queues = {e: deque() for e in Engine}
@@ -152,6 +153,8 @@ class Device:
             return self.msi_addr
         if off == R["CYCLES"]:
             return self.kernel.now
+        if off == R["WATCHDOG"]:
+            return self.watchdog
         i, kind = self._array_register(off)
         if kind == "RUNTIME_REG":
             return self.regs[i]
@@ -176,6 +179,8 @@ class Device:
             self.tail = value
         elif off == R["MSI_ADDR"]:
             self.msi_addr = value
+        elif off == R["WATCHDOG"]:
+            self.watchdog = value & 0xFFFF_FFFF
         else:
             i, kind = self._array_register(off)
             if kind == "RUNTIME_REG":
@@ -390,7 +395,7 @@ class Device:
                 if cmd.name == "SEM_WAIT":
                     sem, value = c["sem"], c["value"]
                     ok = yield Until(lambda: self.sems[sem] >= value or self.stopped,
-                                     timeout=p.watchdog_cycles)
+                                     timeout=self.watchdog)
                     if self.stopped:
                         continue
                     if not ok:

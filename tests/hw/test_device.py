@@ -3,8 +3,8 @@
 command streams through the command processor, the engine heads, the DMA engines and the NE
 tile, with the DRAM model and a host stand-in on the link port (``device_tb.py``).
 
-One build of the 4x4-array device (small DRAM and SRAM keep the build and the images small)
-and one ``run()`` for every cocotb test.
+One build of the 4x4-array device (small DRAM and SRAM keep the build and the images small;
+the same build as ``cosim/device_timing.py``'s) and one ``run()`` for every cocotb test.
 """
 
 import dataclasses

@@ -48,6 +48,7 @@ class Bench:
 
     def __init__(self, params=HwParams(), windows=None, job_cycles=5):
         self.dut = EngineHeads(params, window_layout=WindowLayout, link_axi=LINK)
+        self.params = params
         self.windows = windows or {}
         self.job_cycles = job_cycles
         self.faults, self.link_writes, self.jobs = [], [], []
@@ -93,6 +94,7 @@ class Bench:
         async def bench(ctx):
             for i, (base, size, flags) in self.windows.items():
                 ctx.set(dut.windows[i], {"base": base, "size": size, "flags": flags})
+            ctx.set(dut.watchdog, self.params.watchdog_cycles)
             for e in Engine:
                 ctx.set(dut.port("fault", e).ready, 1)
             for _ in range(max_cycles):
