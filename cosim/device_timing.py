@@ -26,7 +26,7 @@ from ..sw.params import HwParams
 from .device import model_launch
 
 __all__ = ["TimedCase", "DEVICE_PARAMS", "DEVICE_BUS", "STREAM_ADDR", "RECORD_ADDR",
-           "fm_run", "measure", "copy_case", "gather_case", "ring_case", "control_case",
+           "fm_run", "measure", "copy_case", "gather_case", "scatter_case", "ring_case", "control_case",
            "calibration_cases"]
 
 #: The 4x4-array device of ``tests/hw/test_device.py`` (the same build, cached once).
@@ -144,18 +144,20 @@ def copy_case(name, src_space, dst_space, length, n1=1, src_stride=0, dst_stride
 
 
 def gather_case(name, tokens, row_bytes, *, block_log2=4, pool_blocks=None, seed=2,
-                dst_space=Space.SRAM):
+                dst_space=Space.SRAM, row_stride=None):
     """A DMA_GATHER of ``tokens`` K rows through a random block table (blocks of
-    ``2**block_log2`` tokens, rows ``row_bytes`` apart in the pool), to SRAM 0 or DRAM ``DST``."""
+    ``2**block_log2`` tokens, rows ``row_stride`` apart in the pool, by default ``row_bytes``:
+    the engine merges each block's rows), to SRAM 0 or DRAM ``DST``."""
     block = 1 << block_log2
     used = -(-tokens // block)
     pool_blocks = pool_blocks or 2 * used
+    row_stride = row_stride or row_bytes
     table = np.random.default_rng(seed).permutation(pool_blocks)[:used].astype(np.uint32)
     cmd = Command("DMA_GATHER", engine=Engine.DMA_IN, table_off=TABLE, pool_off=SRC,
                   dst_space=dst_space, dst_off=DST if dst_space == Space.DRAM else 0,
-                  row_bytes=row_bytes, row_stride=row_bytes, dst_stride=row_bytes,
+                  row_bytes=row_bytes, row_stride=row_stride, dst_stride=row_bytes,
                   block_log2=block_log2, pool_blocks=pool_blocks, n=tokens, t0=0)
-    inputs = [(TABLE, table.tobytes()), (SRC, _data(pool_blocks * block * row_bytes, seed))]
+    inputs = [(TABLE, table.tobytes()), (SRC, _data(pool_blocks * block * row_stride, seed))]
     checks = []
     if dst_space == Space.DRAM:
         inputs.append((DST, bytes(tokens * row_bytes)))
@@ -163,6 +165,32 @@ def gather_case(name, tokens, row_bytes, *, block_log2=4, pool_blocks=None, seed
     return TimedCase(name, [cmd], inputs, checks,
                      {"kind": "gather", "src": "DRAM", "dst": dst_space.name, "rows": tokens,
                       "row_bytes": row_bytes, "bytes": tokens * row_bytes, "block": block})
+
+
+def scatter_case(name, tokens, row_bytes, *, block_log2=4, seed=4):
+    """A DMA_SCATTER of ``tokens`` rows from SRAM 0 (filled first, untimed) into a paged pool
+    at DRAM ``DST`` through the slot mapping of a sequence written into random blocks (slots
+    consecutive within each block, as a prefill writes its K rows: the engine merges them);
+    the pool is checked."""
+    block = 1 << block_log2
+    used = -(-tokens // block)
+    pool_blocks = 2 * used
+    table = np.random.default_rng(seed).permutation(pool_blocks)[:used]
+    slots = np.array([table[t >> block_log2] * block + (t & (block - 1)) for t in range(tokens)],
+                     np.uint32)
+    cmd = Command("DMA_SCATTER", engine=Engine.DMA_OUT, slots_off=TABLE, pool_off=DST,
+                  src_space=Space.SRAM, src_off=0, row_bytes=row_bytes, row_stride=row_bytes,
+                  src_stride=row_bytes, block_log2=block_log2, pool_blocks=pool_blocks,
+                  n=tokens, i0=0)
+    setup = [Command("DMA_COPY", engine=Engine.DMA_IN, src_off=SRC, dst_space=Space.SRAM,
+                     dst_off=0, len=tokens * row_bytes, n1=1, n2=1)]
+    pool_span = pool_blocks * block * row_bytes
+    inputs = [(TABLE, slots.tobytes()), (SRC, _data(tokens * row_bytes, seed)),
+              (DST, bytes(pool_span))]
+    return TimedCase(name, [cmd], inputs, [(DST, pool_span)],
+                     {"kind": "scatter", "src": "SRAM", "dst": "DRAM", "rows": tokens,
+                      "row_bytes": row_bytes, "bytes": tokens * row_bytes, "block": block},
+                     setup)
 
 
 def ring_case(name, rows, row_bytes, ring_rows, r0):
@@ -205,6 +233,12 @@ def calibration_cases():
     ]
     for rb in (64, 128, 256):
         cases.append(gather_case(f"gather 128 x {rb} B, block 16", 128, rb))
+    cases += [
+        gather_case("gather 128 x 128 B, rows 256 B apart", 128, 128, row_stride=256),
+        gather_case("gather 64 x 128 B, block 1", 64, 128, block_log2=0),
+        gather_case("gather 128 x 64 B, block 1", 128, 64, block_log2=0),
+        scatter_case("scatter 128 x 128 B, block 16", 128, 128),
+    ]
     cases.append(ring_case("ring DRAM->SRAM 32 x 256 B", 32, 256, 16, 5))
     for k in (0, 1, 8, 16, 32):
         cases.append(control_case(f"{k} REG_SET", k))

@@ -40,7 +40,7 @@ class HwParams:
     # (docs/hw/dma.md, "Timing"; tests/hw/test_device_timing.py)
     dma_setup: int = 13                 #: cycles from dispatch to a DMA's first request, and its end
     dma_row_overhead: int = 1           #: cycles per row besides its beats
-    dma_table_overhead: int = 10        #: gather/scatter table passes besides 2 latencies + entries
+    dma_table_overhead: int = 4         #: a gather/scatter table pass besides a latency + entries
     # command processor
     cp_dispatch: int = 2           #: cycles to decode and dispatch one fetched command
     cp_prefetch: int = 16          #: commands the fetcher reads ahead (one single-beat read each)

@@ -3,10 +3,13 @@ the functional model (:mod:`npusim.sw.fm.dma`).
 
 A command is first *checked* completely (alignment, shape, operand extents against SRAM, the
 DMA windows and DRAM, then the block-table or slot-mapping entries, read from DRAM in a
-pre-pass) and only then *moved*: a row generator lists the rows in the functional model's order,
-a reader fetches each row's source beats (AXI bursts or scratchpad words) into a data FIFO, a
-realigner shifts them to the destination's byte offset, and a writer stores them (AXI bursts
-with ``strb``, scratchpad writes with ``mask``). ``docs/hw/dma.md`` is the theory of operation.
+pre-pass) and nothing is written before every check passed (the rows of a table of at most
+``DMA_TABLE_BUFFER`` entries are *read* while its entries are checked): a row generator lists
+the rows in the functional model's order (a gather's or scatter's contiguous tokens of one
+block merged into one segment), a reader fetches each segment's source beats (AXI bursts or
+scratchpad words) into a data FIFO, a realigner shifts them to the destination's byte offset,
+and a writer stores them (AXI bursts with ``strb``, scratchpad writes with ``mask``).
+``docs/hw/dma.md`` is the theory of operation.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
@@ -14,6 +17,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ...sw.fm.dma import MAX_DMA_ROWS
+from ...sw.fm.timing import DMA_MERGE_MAX_BYTES, DMA_TABLE_BUFFER
 from ...sw.isa.enums import ErrorCode, Space
 from ...sw.params import DEFAULT
 from ...sw.regmap import NUM_WINDOWS, WINDOW_LINK, WINDOW_READ, WINDOW_WRITE
@@ -24,7 +28,7 @@ from ..refuse import refuse
 
 __all__ = ["WindowLayout", "DoneLayout", "DmaEngine", "BURST_BEATS", "DATA_FIFO_BEATS",
            "TABLE_BURST_BEATS", "TABLE_FIFO_BEATS", "ROW_QUEUE_DEPTH", "MAX_WRITE_BURSTS",
-           "SERIAL_CHUNK_BEATS", "ID_WIDTH"]
+           "SERIAL_CHUNK_BEATS", "ID_WIDTH", "DMA_MERGE_MAX_BYTES", "DMA_TABLE_BUFFER"]
 
 #: One DMA window register set (``sw/regmap.py``): ``flags`` bit 0 read, bit 1 write, bit 2
 #: link space.
@@ -294,8 +298,17 @@ class DmaEngine(wiring.Component):
         overlap_d = Signal()
         m.d.comb += overlap_d.eq((r_sp == w_sp) & (r_lo < w_lo + w_n) & (w_lo < r_lo + r_n))
 
+        # Paged rows merge (consecutive tokens of one block, contiguous on both sides, as one
+        # segment) unless the extents overlap (serial mode moves the FM's rows one by one).
+        a_rb = Mux(is_gather, ga.row_bytes, sc.row_bytes)
+        a_rs = Mux(is_gather, ga.row_stride, sc.row_stride)
+        a_ls = Mux(is_gather, ga.dst_stride, sc.src_stride)
+        merge_d = Signal()
+        m.d.comb += merge_d.eq(paged & ~overlap_d & (a_rs == a_rb) & (a_ls == a_rb)
+                               & ((a_rb << log2b) <= DMA_MERGE_MAX_BYTES))
+
         t_lo, t_count = Signal(66), Signal(18)
-        rows_any, serial = Signal(), Signal()
+        rows_any, serial, merge, buffered = Signal(), Signal(), Signal(), Signal()
         src_space, dst_space, row_n = Signal(2), Signal(2), Signal(21)
         ring_r0 = Signal(16)
         ext_code = [self._extent_error(m, f"ext{k}", e["space"], e["lo"], e["n"], e["write"])
@@ -321,6 +334,12 @@ class DmaEngine(wiring.Component):
         data_idle = Signal()           # nothing queued, in flight or buffered on the write side
         drained = Signal()             # data_idle, and no row or table read left over
         moved = Signal(64)             # row bytes handed to the writer by this command
+        wr_open = Signal()             # every check passed: the writer may write
+        # Checked table entries on their way to the row generator: all of a buffered table's
+        # (one pass: checked, then used), or the data pass's of a longer one.
+        efifo, efifo_w, efifo_r = fifo_("entries", 32, DMA_TABLE_BUFFER)
+        ent_push = Signal()
+        m.d.comb += [efifo_w.eq(ent), efifo.w_en.eq(ent_push)]
 
         # -- phase FSM ----------------------------------------------------------------------------
         with m.FSM(name="phase"):
@@ -336,7 +355,8 @@ class DmaEngine(wiring.Component):
                     m.d.sync += [e[f].eq(d[f]) for f in e]
                 m.d.sync += [t_lo.eq(t_lo_d), t_count.eq(t_count_d), rows_any.eq(rows_d),
                              src_space.eq(src_space_d), dst_space.eq(dst_space_d),
-                             row_n.eq(row_n_d), serial.eq(overlap_d),
+                             row_n.eq(row_n_d), serial.eq(overlap_d), merge.eq(merge_d),
+                             buffered.eq(t_count_d <= DMA_TABLE_BUFFER),
                              ring_r0.eq(rg.r0 % rg.ring_rows)]
                 m.next = "CHECK"
             with m.State("CHECK"):
@@ -355,15 +375,20 @@ class DmaEngine(wiring.Component):
                     m.d.comb += chk_err.eq(failed)
                     m.next = "DONE"
                 with m.Elif(paged & (t_count != 0)):
-                    m.d.comb += t_start.eq(1)
+                    # a buffered table: reads start with the first checked entry
+                    m.d.comb += [t_start.eq(1), gen_start.eq(buffered & rows_any)]
                     m.next = "TABLE"
                 with m.Elif(rows_any):
                     m.d.comb += gen_start.eq(1)
+                    m.d.sync += wr_open.eq(1)
                     m.next = "DATA"
                 with m.Else():
                     m.next = "DONE"
             with m.State("TABLE"):
-                # pre-pass: every entry the command uses must name a block inside the pool
+                # pre-pass: every entry the command uses must name a block inside the pool.
+                # A buffered table's checked entries go on to the row generator at once (its
+                # reads start; nothing is written before the last entry is checked); a longer
+                # table is read again for the data pass.
                 m.d.comb += [self.busy.eq(1), ent_ready.eq(1)]
                 blocks = Mux(is_gather, ga.pool_blocks, sc.pool_blocks)
                 blk = Mux(is_gather, ent, ent >> log2b)
@@ -372,14 +397,18 @@ class DmaEngine(wiring.Component):
                 with m.Elif(ent_valid & (blk >= blocks)):
                     m.d.comb += chk_err.eq(ErrorCode.BLOCK_TABLE)
                     m.next = "DRAIN"
-                with m.Elif(x_rem == 0):
-                    with m.If(rows_any):
-                        m.d.comb += [t_start.eq(1), gen_start.eq(1)]
-                        m.next = "DATA"
-                    with m.Else():
-                        m.next = "DONE"
+                with m.Else():
+                    m.d.comb += ent_push.eq(ent_valid & buffered & rows_any)
+                    with m.If(x_rem == 0):
+                        with m.If(rows_any):
+                            m.d.comb += [t_start.eq(~buffered), gen_start.eq(~buffered)]
+                            m.d.sync += wr_open.eq(1)
+                            m.next = "DATA"
+                        with m.Else():
+                            m.next = "DONE"
             with m.State("DATA"):
-                m.d.comb += self.busy.eq(1)
+                m.d.comb += [self.busy.eq(1), ent_ready.eq(efifo.w_rdy),
+                             ent_push.eq(ent_valid & efifo.w_rdy)]
                 with m.If(~gen_active | (err != 0)):
                     m.next = "DRAIN"
             with m.State("DRAIN"):
@@ -396,7 +425,7 @@ class DmaEngine(wiring.Component):
 
         # -- row generator: the rows of sw/fm/dma.py copies(), in order ----------------------------
         row_valid, row_take = Signal(), Signal()
-        row_src, row_dst = Signal(64), Signal(64)
+        row_src, row_dst, row_len = Signal(64), Signal(64), Signal(21)
         i1, i2 = Signal(12), Signal(12)
         src_row, dst_row, src_plane, dst_plane = (Signal(64, name=n) for n in
                                                   ("src_row", "dst_row", "src_plane", "dst_plane"))
@@ -407,8 +436,12 @@ class DmaEngine(wiring.Component):
         lowmask = Signal(16)
         m.d.comb += lowmask.eq((Const(1, 17) << log2b) - 1)
 
+        # scatter: the open run of consecutive slots (merged rows), not yet handed on
+        run_valid, run_src, run_dst, run_len = Signal(), Signal(64), Signal(64), Signal(21)
+        run_slot = Signal(32)
         with m.If(gen_start):
             m.d.sync += [gen_active.eq(1), row_valid.eq(0), t.eq(0), i1.eq(0), i2.eq(0),
+                         run_valid.eq(0),
                          src_row.eq(cp.src), src_plane.eq(cp.src),
                          dst_row.eq(cp.dst), dst_plane.eq(cp.dst),
                          lin.eq(Mux(is_gather, ga.dst, Mux(is_scatter, sc.src, rg.lin))),
@@ -423,7 +456,7 @@ class DmaEngine(wiring.Component):
             with m.Case(Opcode.DMA_COPY):
                 m.d.comb += produce.eq(can_produce)
                 with m.If(produce):
-                    m.d.sync += [row_src.eq(src_row), row_dst.eq(dst_row)]
+                    m.d.sync += [row_src.eq(src_row), row_dst.eq(dst_row), row_len.eq(row_n)]
                     with m.If(i1 + 1 == cp.n1):
                         m.d.sync += [i1.eq(0), i2.eq(i2 + 1),
                                      src_plane.eq(src_plane + cp.src_stride2),
@@ -436,31 +469,60 @@ class DmaEngine(wiring.Component):
                         m.d.sync += [i1.eq(i1 + 1), src_row.eq(src_row + cp.src_stride1),
                                      dst_row.eq(dst_row + cp.dst_stride1)]
             with m.Case(Opcode.DMA_GATHER):
+                # A token's row, or (merge) the run of tokens up to the end of its block or of
+                # the transfer as one segment: a new table entry at each block.
                 tok = Signal(17)
+                off = Signal(16)
                 need = Signal()
-                m.d.comb += [tok.eq(ga.t0 + t), need.eq((t == 0) | ((tok & lowmask) == 0)),
-                             produce.eq(can_produce & (~need | ent_valid))]
-                blk_now = Mux(need, ent, blk_q)
-                pool_addr = ga.pool + (((blk_now << ga.block_log2) | (tok & lowmask))
-                                       * ga.row_stride)
+                run = Signal(17)
+                m.d.comb += [tok.eq(ga.t0 + t), off.eq(tok & lowmask),
+                             need.eq((t == 0) | (off == 0)),
+                             produce.eq(can_produce & (~need | efifo.r_rdy))]
+                left_in_block = (Const(1, 17) << ga.block_log2) - off
+                m.d.comb += run.eq(Mux(merge, Mux(left_in_block < ga.n - t, left_in_block,
+                                                  ga.n - t), 1))
+                blk_now = Mux(need, efifo_r, blk_q)
+                pool_addr = ga.pool + (((blk_now << ga.block_log2) | off) * ga.row_stride)
                 with m.If(produce):
-                    m.d.comb += ent_ready.eq(need)
+                    m.d.comb += efifo.r_en.eq(need)
                     m.d.sync += [blk_q.eq(blk_now), row_src.eq(pool_addr), row_dst.eq(lin),
-                                 lin.eq(lin + ga.dst_stride), t.eq(t + 1)]
-                    with m.If(t + 1 == ga.n):
+                                 row_len.eq(Mux(merge, (run * ga.row_bytes)[:21], row_n)),
+                                 lin.eq(lin + Mux(merge, (run * ga.row_bytes)[:21],
+                                                  ga.dst_stride)),
+                                 t.eq(t + run)]
+                    with m.If(t + run == ga.n):
                         m.d.sync += gen_active.eq(0)
             with m.Case(Opcode.DMA_SCATTER):
-                m.d.comb += produce.eq(can_produce & ent_valid)
-                with m.If(produce):
-                    m.d.comb += ent_ready.eq(1)
-                    m.d.sync += [row_src.eq(lin), row_dst.eq(sc.pool + ent * sc.row_stride),
-                                 lin.eq(lin + sc.src_stride), t.eq(t + 1)]
-                    with m.If(t + 1 == sc.n):
+                # One entry per token, gathered into a run while the slots are consecutive
+                # within a block (merge); a run goes out when the next slot breaks it, or at
+                # the end.
+                slot = efifo_r
+                more = (t != sc.n) & efifo.r_rdy & (err == 0)
+                extend = merge & run_valid & (slot == run_slot + 1) & ((slot & lowmask) != 0)
+                free = ~row_valid | row_take
+                take_ent = Signal()
+                emit = Signal()
+                m.d.comb += [take_ent.eq(gen_active & more & (~run_valid | extend | free)),
+                             emit.eq(gen_active & (err == 0) & run_valid & free
+                                     & ((more & ~extend) | (t == sc.n))),
+                             produce.eq(emit), efifo.r_en.eq(take_ent)]
+                with m.If(emit):
+                    m.d.sync += [row_src.eq(run_src), row_dst.eq(run_dst), row_len.eq(run_len),
+                                 run_valid.eq(0)]
+                    with m.If(t == sc.n):
                         m.d.sync += gen_active.eq(0)
+                with m.If(take_ent):
+                    m.d.sync += [run_valid.eq(1), run_slot.eq(slot), lin.eq(lin + sc.src_stride),
+                                 t.eq(t + 1)]
+                    with m.If(extend):
+                        m.d.sync += run_len.eq(run_len + sc.row_bytes)
+                    with m.Else():
+                        m.d.sync += [run_src.eq(lin), run_dst.eq(sc.pool + slot * sc.row_stride),
+                                     run_len.eq(row_n)]
             with m.Case(Opcode.DMA_RING):
                 m.d.comb += produce.eq(can_produce)
                 with m.If(produce):
-                    m.d.sync += [row_src.eq(Mux(rg.to_ring, lin, ring_addr)),
+                    m.d.sync += [row_len.eq(row_n), row_src.eq(Mux(rg.to_ring, lin, ring_addr)),
                                  row_dst.eq(Mux(rg.to_ring, ring_addr, lin)),
                                  lin.eq(lin + rg.lin_stride), t.eq(t + 1)]
                     with m.If(ring_idx + 1 == rg.ring_rows):
@@ -501,9 +563,9 @@ class DmaEngine(wiring.Component):
         ser_idle = Signal()
         chunk = Mux(ser_rem > SERIAL_CHUNK_BEATS * B, SERIAL_CHUNK_BEATS * B, ser_rem)
         backward = ser_dst > ser_src
-        ser_off = Mux(backward, ser_rem - chunk, row_n - ser_rem)
+        ser_off = Mux(backward, ser_rem - chunk, row_n - ser_rem)   # (serial rows never merge)
         with m.If(~serial):
-            m.d.comb += [seg_src.eq(row_src), seg_dst.eq(row_dst), seg_n.eq(row_n),
+            m.d.comb += [seg_src.eq(row_src), seg_dst.eq(row_dst), seg_n.eq(row_len),
                          ser_idle.eq(1)]
             with m.If(row_valid & (err == 0) & rdq.w_rdy & alq.w_rdy & wq.w_rdy):
                 m.d.comb += [push_rd.eq(1), push_wr.eq(1), row_take.eq(1)]
@@ -650,20 +712,23 @@ class DmaEngine(wiring.Component):
                          t_left.eq((t_lo[:lB] + 4 * t_count + B - 1) >> lB),
                          x_o.eq(t_lo[:lB]), x_rem.eq(t_count), x_have_lo.eq(0),
                          x_have_hi.eq(0)]
-        with m.Elif(ent_valid & ent_ready):
+        with m.Else():
+            # The window's empty half is refilled while entries are handed out, so a beat
+            # boundary costs no cycle.
             o2 = x_o + 4
-            m.d.sync += x_rem.eq(x_rem - 1)
-            with m.If(o2 >= B):
-                m.d.sync += [x_o.eq(o2 - B), x_lo.eq(x_hi), x_have_lo.eq(x_have_hi),
-                             x_have_hi.eq(0)]
-            with m.Else():
-                m.d.sync += x_o.eq(o2)
-        with m.Elif((x_rem != 0) & tfifo.r_rdy & (~x_have_lo | (need_hi & ~x_have_hi))):
-            m.d.comb += [tfifo.r_en.eq(1), t_consumed.eq(1)]
-            with m.If(~x_have_lo):
-                m.d.sync += [x_lo.eq(tfifo_r), x_have_lo.eq(1)]
-            with m.Else():
-                m.d.sync += [x_hi.eq(tfifo_r), x_have_hi.eq(1)]
+            deliver = ent_valid & ent_ready
+            cross = deliver & (o2 >= B)
+            load = (x_rem != 0) & tfifo.r_rdy & (~x_have_hi | cross)
+            m.d.comb += [tfifo.r_en.eq(load), t_consumed.eq(load)]
+            with m.If(deliver):
+                m.d.sync += [x_rem.eq(x_rem - 1), x_o.eq(Mux(cross, o2 - B, o2))]
+            with m.If(cross):
+                m.d.sync += [x_lo.eq(x_hi), x_have_lo.eq(x_have_hi), x_have_hi.eq(0)]
+            with m.If(load):
+                with m.If(Mux(cross, x_have_hi, x_have_lo)):
+                    m.d.sync += [x_hi.eq(tfifo_r), x_have_hi.eq(1)]
+                with m.Else():
+                    m.d.sync += [x_lo.eq(tfifo_r), x_have_lo.eq(1)]
 
         # -- realigner: source beats shifted to the destination's byte offset ---------------------
         al_act, al_skip, al_first_c, al_first_e = Signal(), Signal(), Signal(), Signal()
@@ -721,10 +786,14 @@ class DmaEngine(wiring.Component):
             with m.If(wq.r_rdy):
                 m.d.sync += [w_act.eq(1), w_space.eq(wq_r.space), w_beat.eq(wq_r.addr[lB:]),
                              w_left.eq(wq_r.nd)]
-        w_can = w_act & bq.w_rdy
+        # Nothing is written before every check passed (a buffered table's reads run ahead of
+        # its checks); after a failed check the segments read ahead are dropped: no AW, their
+        # beats discarded like masked scratchpad writes.
+        w_drop = ~wr_open & (err != 0)
+        w_can = w_act & bq.w_rdy & (wr_open | w_drop)
         aw_fire = Signal()
         for port, space in ((self.dram, _DRAM), (self.link, _LINK)):
-            m.d.comb += [port.aw.valid.eq(w_can & (w_space == space)
+            m.d.comb += [port.aw.valid.eq(w_can & (w_space == space) & ~w_drop
                                           & (outb < MAX_WRITE_BURSTS)),
                          port.aw.payload.addr.eq(Cat(Const(0, lB), w_beat)),
                          port.aw.payload.len.eq(w_blen - 1), port.aw.payload.id.eq(0)]
@@ -732,8 +801,9 @@ class DmaEngine(wiring.Component):
                 m.d.comb += aw_fire.eq(1)
         b_fire = (self.dram.b.valid | self.link.b.valid)
         m.d.sync += outb.eq(outb + aw_fire - b_fire)
-        with m.If(aw_fire | (w_can & (w_space == _SRAM))):
-            m.d.comb += [bq.w_en.eq(1), bq_w.space.eq(w_space), bq_w.addr.eq(w_beat),
+        with m.If(aw_fire | (w_can & ((w_space == _SRAM) | w_drop))):
+            m.d.comb += [bq.w_en.eq(1), bq_w.space.eq(Mux(w_drop, _SRAM, w_space)),
+                         bq_w.addr.eq(w_beat),
                          bq_w.len.eq(w_blen - 1)]
             m.d.sync += [w_beat.eq(w_beat + w_blen), w_left.eq(w_left - w_blen)]
             with m.If(w_left == w_blen):
@@ -777,5 +847,5 @@ class DmaEngine(wiring.Component):
                          pend.eq(0), dar_valid.eq(0), lar_valid.eq(0), t_left.eq(0),
                          t_inflight.eq(0), t_pend.eq(0), x_rem.eq(0), x_have_lo.eq(0),
                          x_have_hi.eq(0), al_act.eq(0), o_valid.eq(0), w_act.eq(0), w_i.eq(0),
-                         outb.eq(0), moved.eq(0)]
+                         outb.eq(0), moved.eq(0), wr_open.eq(0), run_valid.eq(0)]
         return m

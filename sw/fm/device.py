@@ -482,23 +482,17 @@ class Device:
         plan = _DmaPlan()
         n_rows, row_bytes = dma.rows(name, c)
         spaces = (Space.DRAM, Space.DRAM)
-        bursts = [0, 0]
-        for row in dma.copies(name, c, entries):
+        rows = dma.copies(name, c, entries)
+        for row in rows:
             spaces = (row.src_space, row.dst_space)
             if row.n:
                 smem, sa = self._memory(row.src_space, row.src, row.n)
                 dmem, da = self._memory(row.dst_space, row.dst, row.n)
                 plan.copies.append(_Copy(smem, sa, dmem, da, row.n))
-                for side, (space, addr) in enumerate(((row.src_space, row.src),
-                                                      (row.dst_space, row.dst))):
-                    if space == Space.DRAM:
-                        bursts[side] += timing.dram_bursts(p, addr, row.n)
         plan.bytes = len(plan.copies) * row_bytes
-        first = plan.copies[0] if plan.copies else None
         plan.cycles = timing.dma_cycles(
             p, spaces[0], spaces[1], len(plan.copies), row_bytes,
-            src_offset=first.src_addr if first else 0, dst_offset=first.dst_addr if first else 0,
-            bursts=max(bursts),
+            segments=timing.dma_segments(name, c, rows),
             table_entries=len(entries) if name in ("DMA_GATHER", "DMA_SCATTER") else None)
         return plan
 

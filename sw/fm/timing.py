@@ -13,8 +13,19 @@ from math import ceil
 from ...firmware.microcode import microcode_length
 from ..isa.enums import DType, Space, VBMode, VectorOp
 from ..numerics import OPERANDS
+from .dma import extents
 
-__all__ = ["dma_cycles", "dram_bursts", "compute_cycles", "link_efficiency"]
+__all__ = ["dma_cycles", "dma_segments", "dram_bursts", "compute_cycles", "link_efficiency",
+           "DMA_MERGE_MAX_BYTES", "DMA_TABLE_BUFFER"]
+
+#: The DMA engine merges a gather's or scatter's rows (:func:`dma_segments`) only when a whole
+#: block's rows, ``row_bytes << block_log2``, are at most this many bytes (its segment length
+#: field).
+DMA_MERGE_MAX_BYTES = 1 << 20
+#: Table entries (block-table or slot-mapping u32s) the DMA engine buffers: a gather or scatter
+#: using at most this many reads its table once, and its reads start as the entries are
+#: checked; a longer one reads the table twice (checks, then rows).
+DMA_TABLE_BUFFER = 64
 
 
 def link_efficiency(p):
@@ -46,40 +57,104 @@ def dram_bursts(p, addr, n):
     return -(-end // burst) - first // burst
 
 
+def _overlap(a, b):
+    return a.space == b.space and a.lo < b.lo + b.n and b.lo < a.lo + a.n
+
+
+def dma_segments(name, c, rows):
+    """The segments (``[(src, dst, n)]``) in which the DMA engine moves ``rows`` (the
+    :func:`~.dma.copies` of a command, in order): a gather's or scatter's consecutive tokens
+    in one block whose rows are contiguous on both sides (``row_stride`` and the linear side's
+    stride equal to ``row_bytes``, slots consecutive) go as one segment, unless a block's rows
+    exceed :data:`DMA_MERGE_MAX_BYTES` or the read and written extents overlap (the engine then
+    moves the rows one at a time); every other row is a segment of its own. Zero-byte rows are
+    not moved."""
+    segs = [(r.src, r.dst, r.n) for r in rows if r.n]
+    if name not in ("DMA_GATHER", "DMA_SCATTER") or not segs:
+        return segs
+    gather = name == "DMA_GATHER"
+    rb, log2b = c["row_bytes"], c["block_log2"]
+    lin_stride = c["dst_stride"] if gather else c["src_stride"]
+    ext = [e for e in extents(name, c) if e.what != "table"]
+    read, written = [e for e in ext if not e.write], [e for e in ext if e.write]
+    if (c["row_stride"] != rb or lin_stride != rb or (rb << log2b) > DMA_MERGE_MAX_BYTES
+            or any(_overlap(r, w) for r in read for w in written)):
+        return segs
+    out = []
+    for src, dst, n in segs:
+        pool = src if gather else dst
+        if out:
+            s0, d0, n0 = out[-1]
+            end = (s0 if gather else d0) + n0
+            if pool == end and ((pool - c["pool"]) // rb) & ((1 << log2b) - 1):
+                out[-1] = (s0, d0, n0 + n)
+                continue
+        out.append((src, dst, n))
+    return out
+
+
 def dma_cycles(p, src_space, dst_space, rows, row_bytes, *, src_offset=0, dst_offset=0,
-               bursts=None, table_entries=None):
-    """A DMA moving ``rows`` rows of ``row_bytes`` each, from dispatch to its last write
-    answered (fitted to the RTL's DMA engine with its DRAM model, ``docs/hw/dma.md``,
-    "Timing")::
+               bursts=None, table_entries=None, segments=None):
+    """A DMA moving ``rows`` rows of ``row_bytes`` each (or the ``segments`` ``[(src, dst, n)]``
+    of :func:`dma_segments`), from dispatch to its last write answered (fitted to the RTL's DMA
+    engine with its DRAM model, ``docs/hw/dma.md``, "Timing")::
 
         dma_setup + source read latency + destination write latency
-            + max(rows * (beats + dma_row_overhead),
-                  (bursts * dram_latency + rows * beats) / dram_outstanding)
+            + max(table + max(writes, (bursts * dram_latency + beats) / dram_outstanding),
+                  checks + writes)
+        writes = beats + segments * dma_row_overhead
 
-    A row's ``beats`` are the larger of its source and destination beats (from the offsets of
-    ``src_offset`` and ``dst_offset`` in the word). The second term is the DRAM port's bound
-    when rows are short: at most ``dram_outstanding`` bursts in flight, each pending for the
+    A segment's beats are the larger of its source and destination beats (from its offsets in
+    the word; with ``rows``, those of ``src_offset`` and ``dst_offset`` for every row), and
+    ``beats`` their sum. The second term of the inner ``max`` is the DRAM port's bound when
+    segments are short: at most ``dram_outstanding`` bursts in flight, each pending for the
     latency and its beats. ``bursts``: the DRAM bursts of the side with more (by default each
-    row's beats split at multiples of ``dma_burst_beats`` from a random start).
-    ``table_entries``: a gather or scatter, whose block table (or slot mapping) is read twice,
-    once for the checks and once for the rows: two DRAM latencies, ``dma_table_overhead`` and
-    a cycle per entry.
+    segment's beats split at multiples of ``dma_burst_beats``; with ``rows`` from a random
+    start).
+
+    ``table_entries``: a gather or scatter. Each pass over its table (block table or slot
+    mapping) costs ``dram_latency + dma_table_overhead`` and a cycle per entry. With at most
+    :data:`DMA_TABLE_BUFFER` entries the table is read once and the reads start with its first
+    entry (``table`` = one pass's latency and overhead), while nothing is written before the
+    last entry is checked (``checks`` = the entries); a longer table is read twice, checks then
+    rows (``table`` = ``checks`` = two passes). A gather or scatter moving nothing costs its
+    one checking pass.
     """
-    cycles = p.dma_setup
-    if table_entries is not None:
-        cycles += 2 * p.dram_latency + p.dma_table_overhead + table_entries
-    if rows == 0 or row_bytes == 0:
-        return cycles
-    bw = min(_bandwidth(p, src_space), _bandwidth(p, dst_space))
     word = p.dram_bytes_per_cycle
-    beats = max(ceil((src_offset % word + row_bytes) / bw),
-                ceil((dst_offset % word + row_bytes) / bw))
-    stream = rows * (beats + p.dma_row_overhead)
-    if Space.DRAM in (src_space, dst_space):
+    bw = min(_bandwidth(p, src_space), _bandwidth(p, dst_space))
+    if segments is not None:
+        rows = len(segments)
+        beats = sum(max(ceil((s % word + n) / bw), ceil((d % word + n) / bw))
+                    for s, d, n in segments)
         if bursts is None:
-            bursts = rows * (1 + (beats - 1) / p.dma_burst_beats)
-        stream = max(stream, (bursts * p.dram_latency + rows * beats) / p.dram_outstanding)
-    return round(cycles + _latency(p, src_space, dst_space) + stream)
+            bursts = max([sum(dram_bursts(p, seg[side], seg[2]) for seg in segments)
+                          for side, space in enumerate((src_space, dst_space))
+                          if space == Space.DRAM] or [0])
+    elif rows and row_bytes:
+        row_beats = max(ceil((src_offset % word + row_bytes) / bw),
+                        ceil((dst_offset % word + row_bytes) / bw))
+        beats = rows * row_beats
+        if bursts is None:
+            bursts = rows * (1 + (row_beats - 1) / p.dma_burst_beats)
+    else:
+        rows = 0
+    table = checks = 0
+    if table_entries is not None:
+        one_pass = p.dram_latency + p.dma_table_overhead
+        if rows == 0:
+            return p.dma_setup + (one_pass + table_entries if table_entries else 0)
+        if table_entries <= DMA_TABLE_BUFFER:
+            table, checks = one_pass, table_entries
+        else:
+            table = checks = 2 * one_pass + table_entries
+    if rows == 0:
+        return p.dma_setup
+    writes = beats + rows * p.dma_row_overhead
+    stream = writes
+    if Space.DRAM in (src_space, dst_space):
+        stream = max(writes, (bursts * p.dram_latency + beats) / p.dram_outstanding)
+    return round(p.dma_setup + _latency(p, src_space, dst_space)
+                 + max(table + stream, checks + writes))
 
 
 def _matmul_cycles(p, c):

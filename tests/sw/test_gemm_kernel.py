@@ -9,7 +9,6 @@ from npusim.firmware.gemm import gemm_commands, plan_gemm
 from npusim.sw import numerics as nx
 from npusim.sw.fm.system import System
 from npusim.sw.isa import encode_stream
-from npusim.sw.isa.enums import Engine
 from npusim.sw.params import HwParams
 
 PARAMS = HwParams(array_rows=4, array_cols=4, vector_lanes=4, sram_bytes=64 * 1024,
