@@ -213,9 +213,9 @@ class _Panel:
         self.release = Signal(name=f"{name}_release")
         # Reads the producer needs before its next vector beyond the first (a panel whose
         # vectors gather from one word per lane gets them in batches): a driven input.
-        self.refill = Signal(range(depth), name=f"{name}_refill")
+        self.refill = Signal(8, name=f"{name}_refill")
         # Vectors ahead of the feed, less `refill`; the feed is about to wait while short.
-        self.margin = Signal(signed(_log2(depth) + 3), name=f"{name}_margin")
+        self.margin = Signal(signed(max(_log2(depth), 8) + 3), name=f"{name}_margin")
         self.short = Signal(name=f"{name}_short")
         m.submodules[f"{name}_panel"] = mem = memory.Memory(shape=width, depth=2 * depth,
                                                             init=[])
@@ -595,7 +595,7 @@ class NeTile(wiring.Component):
         feed_go = Signal()
         feed_a = Signal(16 * R)
         feed_b = Signal(16 * C)
-        feed_k = Signal(16)            # k-step of the beat (panel mode)
+        feed_k = Signal(16)            # k-step of the beat being fed
         m.d.comb += [feed_go.eq(feed.valid & feed.ready),
                      outer.read_k.eq(feed_k), inner.read_k.eq(feed_k)]
         with m.If(cfg.panel):
