@@ -9,7 +9,7 @@ per-cycle traffic stays in the simulated design. The multi-device system with a 
 replaces the stand-in later.
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out, connect
@@ -61,7 +61,7 @@ class MsiCatcher(wiring.Component):
                          down.aw.payload.eq(up.aw.payload),
                          up.aw.ready.eq(down.aw.ready & order.w_rdy)]
         m.d.comb += [order.w_en.eq(up.aw.valid & up.aw.ready),
-                     order.w_data.eq(Mux(is_msi, 1, 0) | (up.aw.payload.id << 1))]
+                     order.w_data.eq(Cat(is_msi, up.aw.payload.id))]
 
         head_msi = order.r_rdy & order.r_data[0]
         b_pending = Signal()

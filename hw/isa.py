@@ -12,11 +12,11 @@ import types
 from amaranth.hdl import signed
 from amaranth.lib import data, enum
 
-from ..sw.isa.enums import CommandClass
+from ..sw.isa.enums import CommandClass, ErrorCode
 from ..sw.isa.table import BY_NAME, COMMAND_BITS, COMMANDS, OPCODE_BITS
 
 __all__ = ["amaranth_enum", "command_layout", "resolved_layout", "Command", "Opcode",
-           "ComputeCommand", "COMPUTE_COMMANDS", "DmaCommand", "DMA_COMMANDS"]
+           "ComputeCommand", "COMPUTE_COMMANDS", "DmaCommand", "DMA_COMMANDS", "ErrorShape"]
 
 
 @functools.cache
@@ -90,3 +90,7 @@ DmaCommand = data.StructLayout({
     "opcode": Opcode,
     "args": data.UnionLayout({n.lower(): resolved_layout(n) for n in DMA_COMMANDS}),
 })
+
+
+#: An error code as the RTL carries it (the ISA's ErrorCode, 8 bits; OK = 0).
+ErrorShape = amaranth_enum(ErrorCode)

@@ -1,7 +1,8 @@
 """``npusim sim``: the flagship simulation.
 
-Until the RTL system exists (device and system issues), it runs the largest end-to-end path
-there is, on the functional model, and says so: a GEMM on one device and a row-parallel linear
+Until the multi-device RTL system exists (the link and system issue; one device already runs
+whole streams in co-simulation), it runs the largest end-to-end path there is, on the
+functional model, and says so: a GEMM on one device and a row-parallel linear
 layer with an all-gather of partial sums over the link on N devices. Each result is checked bit
 for bit against the golden numerics and against a float64 reference within the bf16 bound.
 """
@@ -32,8 +33,9 @@ def _check(example, system):
 
 
 def run_flagship(devices=2):
-    print("npusim sim: the RTL system is not built yet (device and system issues), so this runs\n"
-          "the largest end-to-end path that exists: command streams on the functional model.\n")
+    print("npusim sim: the multi-device RTL system is not built yet (the link and system issue),\n"
+          "so this runs the largest end-to-end path that exists: command streams on the\n"
+          "functional model.\n")
     ok = True
     for example, n in ((gemm(), 1), (tp_linear(devices=devices), devices)):
         print(f"== {example.name}: {example.description}")

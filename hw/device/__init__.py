@@ -1,2 +1,2 @@
-"""Device-level blocks around the NE tile: DMA engine (and later the command processor, the
-register block and the device top)."""
+"""The device around the NE tile: command fetcher, decoder and processor, engine heads and
+semaphores, DMA engine, arbiters and the device top (``docs/hw/device.md``)."""

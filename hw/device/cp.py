@@ -24,14 +24,14 @@ from ...sw.isa.table import (COMMANDS, COMMAND_BYTES, HEADER_BYTES, ISA_VERSION,
                              NUM_SEMAPHORES, SEM_BITS, STREAM_MAGIC)
 from ...sw.params import DEFAULT
 from ..axi import AxiParams, AxiSignature
-from ..isa import Opcode, amaranth_enum, resolved_layout
+from ..isa import ErrorShape, Opcode, resolved_layout
 from .decode import CommandDecoder, ResolvedCommand
 from .fetch import INDEX_BITS, CommandFetcher, FetchMode
 from .posted_write import PostedWriter
+from .windows import window_hit
 
-__all__ = ["QueueEntry", "Mmio", "EngineReport", "CommandProcessor", "window_hit"]
+__all__ = ["QueueEntry", "Mmio", "EngineReport", "CommandProcessor"]
 
-ErrorShape = amaranth_enum(ErrorCode)
 State = 2   # a DeviceState
 
 #: What an engine queue holds: the resolved command and its DRAM address (for faults).
@@ -65,19 +65,6 @@ class _Step(enum.Enum, shape=4):
     MSI_B = 8
 
 
-def window_hit(windows, space, lo, n, write):
-    """True when ``[lo, lo + n)`` of ``space`` (DRAM or LINK) lies inside one window with the
-    link flag matching ``space`` and the read (or write) permission (the model's
-    ``Device._check_window``); ``n`` = 0 always passes."""
-    need = regmap.WINDOW_WRITE if write else regmap.WINDOW_READ
-    hit = 0
-    for w in windows:
-        link_ok = w.flags[2] == (space == Space.LINK)
-        inside = (w.base <= lo) & (lo + n <= w.base + w.size)
-        hit = hit | (link_ok & ((w.flags & need) != 0) & inside)
-    return hit | (n == 0)
-
-
 class CommandProcessor(wiring.Component):
     """Fetch, decode, control commands, dispatch; the host's register block.
 
@@ -90,7 +77,7 @@ class CommandProcessor(wiring.Component):
     Members
     -------
     mmio : ``In(stream.Signature(Mmio))``
-        Host register accesses (``sw/regmap.py``; the semaphores are not here yet).
+        Host register accesses (``sw/regmap.py``; semaphores through ``sem_*``).
     mmio_rdata : ``Out(stream.Signature(64))``
         One beat per read, in order.
     dram : ``Out(AxiSignature)``
@@ -107,6 +94,11 @@ class CommandProcessor(wiring.Component):
         The DMA windows, for the engines' checks.
     stopped : ``Out(1)``
         FAULT or HALTED.
+    watchdog : ``Out(32)``
+        The WATCHDOG register, for the engine heads.
+    sem_values : ``In(ArrayLayout(64, NUM_SEMAPHORES))``; sem_set, sem_add : ``Out(stream)``
+        The semaphores (held by the engine heads): SEM_VALUE reads, SEM_VALUE and SEM_INC
+        writes.
     """
 
     def __init__(self, params=DEFAULT, *, window_layout):

@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from ...sw.isa.enums import ErrorCode
 from ...sw.isa.table import COMMAND_BITS, COMMANDS, NUM_REGS, OPCODE_BITS
-from ..isa import Command, Opcode, amaranth_enum, resolved_layout
+from ..isa import Command, ErrorShape, Opcode, resolved_layout
 
 __all__ = ["Operand", "operands", "SLOTS", "ResolvedCommand", "CommandDecoder"]
 
@@ -77,7 +77,7 @@ class CommandDecoder(wiring.Component):
         super().__init__({
             "raw": In(COMMAND_BITS),
             "regs": In(data.ArrayLayout(64, NUM_REGS)),
-            "error": Out(amaranth_enum(ErrorCode)),
+            "error": Out(ErrorShape),
             "resolved": Out(ResolvedCommand),
         })
 

@@ -20,22 +20,25 @@ from ...sw.fm.dma import MAX_DMA_ROWS
 from ...sw.fm.timing import DMA_MERGE_MAX_BYTES, DMA_TABLE_BUFFER
 from ...sw.isa.enums import ErrorCode, Space
 from ...sw.params import DEFAULT
-from ...sw.regmap import NUM_WINDOWS, WINDOW_LINK, WINDOW_READ, WINDOW_WRITE
+from ...sw.regmap import NUM_WINDOWS
 from ..axi import AxiParams, AxiSignature, Resp
-from ..isa import DmaCommand, Opcode, amaranth_enum
+from ..isa import DmaCommand, ErrorShape, Opcode, resolved_layout
 from ..ne.scratchpad import ScratchpadPort
 from ..refuse import refuse
+from .windows import WindowLayout, window_hit
 
 __all__ = ["WindowLayout", "DoneLayout", "DmaEngine", "BURST_BEATS", "DATA_FIFO_BEATS",
            "TABLE_BURST_BEATS", "TABLE_FIFO_BEATS", "ROW_QUEUE_DEPTH", "MAX_WRITE_BURSTS",
            "SERIAL_CHUNK_BEATS", "ID_WIDTH", "DMA_MERGE_MAX_BYTES", "DMA_TABLE_BUFFER"]
 
-#: One DMA window register set (``sw/regmap.py``): ``flags`` bit 0 read, bit 1 write, bit 2
-#: link space.
-WindowLayout = data.StructLayout({"base": 64, "size": 64, "flags": 3})
+
+#: Width of a segment's byte count: a DMA_COPY row (``len``) or a merged run of paged rows
+#: (up to ``DMA_MERGE_MAX_BYTES``), whichever is longer.
+SEG_BITS = max(DMA_MERGE_MAX_BYTES,
+               (1 << resolved_layout("DMA_COPY")["len"].width) - 1).bit_length()
 
 #: A command's completion: its error code (``ErrorCode.OK`` = 0 when it succeeded).
-DoneLayout = data.StructLayout({"error": amaranth_enum(ErrorCode)})
+DoneLayout = data.StructLayout({"error": ErrorShape})
 
 #: Longest AXI burst the engine issues (512 B at 32 B/beat). Bursts start on multiples of it,
 #: so they never cross a 4 KiB boundary. ``HwParams.dma_burst_beats`` (the functional model's
@@ -142,15 +145,8 @@ class DmaEngine(wiring.Component):
         p = self.params
         end = Signal(67, name=f"{name}_end")
         m.d.comb += end.eq(lo + n)
-        need = Mux(write, WINDOW_WRITE, WINDOW_READ)
-        link = space == _LINK
-        hits = []
-        for i in range(NUM_WINDOWS):
-            w = self.windows[i]
-            hits.append(((w.flags & WINDOW_LINK).bool() == link) & (w.flags & need).bool()
-                        & (w.base <= lo) & (end <= w.base + w.size))
         hit = Signal(name=f"{name}_hit")
-        m.d.comb += hit.eq(Cat(*hits).any())
+        m.d.comb += hit.eq(window_hit(self.windows, space, lo, n, write))
         code = Signal(8, name=f"{name}_code")
         with m.Switch(space):
             with m.Case(_SRAM):
@@ -227,7 +223,7 @@ class DmaEngine(wiring.Component):
         e_comb = [{f: Signal.like(s, name=f"{s.name}_d") for f, s in e.items()} for e in ext]
         t_lo_d, t_count_d = Signal(66), Signal(18)         # table: first byte, entries
         rows_d = Signal()                                  # the data pass moves something
-        src_space_d, dst_space_d, row_n_d = Signal(2), Signal(2), Signal(21)
+        src_space_d, dst_space_d, row_n_d = Signal(2), Signal(2), Signal(SEG_BITS)
         rd_k, wr_k = Signal(2), Signal(2)                  # which extents data is read/written
         log2b = Signal(4)
         m.d.comb += log2b.eq(Mux(is_gather, ga.block_log2, sc.block_log2))
@@ -309,7 +305,7 @@ class DmaEngine(wiring.Component):
 
         t_lo, t_count = Signal(66), Signal(18)
         rows_any, serial, merge, buffered = Signal(), Signal(), Signal(), Signal()
-        src_space, dst_space, row_n = Signal(2), Signal(2), Signal(21)
+        src_space, dst_space, row_n = Signal(2), Signal(2), Signal(SEG_BITS)
         ring_r0 = Signal(16)
         ext_code = [self._extent_error(m, f"ext{k}", e["space"], e["lo"], e["n"], e["write"])
                     for k, e in enumerate(ext)]
@@ -425,7 +421,7 @@ class DmaEngine(wiring.Component):
 
         # -- row generator: the rows of sw/fm/dma.py copies(), in order ----------------------------
         row_valid, row_take = Signal(), Signal()
-        row_src, row_dst, row_len = Signal(64), Signal(64), Signal(21)
+        row_src, row_dst, row_len = Signal(64), Signal(64), Signal(SEG_BITS)
         i1, i2 = Signal(12), Signal(12)
         src_row, dst_row, src_plane, dst_plane = (Signal(64, name=n) for n in
                                                   ("src_row", "dst_row", "src_plane", "dst_plane"))
@@ -437,7 +433,7 @@ class DmaEngine(wiring.Component):
         m.d.comb += lowmask.eq((Const(1, 17) << log2b) - 1)
 
         # scatter: the open run of consecutive slots (merged rows), not yet handed on
-        run_valid, run_src, run_dst, run_len = Signal(), Signal(64), Signal(64), Signal(21)
+        run_valid, run_src, run_dst, run_len = Signal(), Signal(64), Signal(64), Signal(SEG_BITS)
         run_slot = Signal(32)
         with m.If(gen_start):
             m.d.sync += [gen_active.eq(1), row_valid.eq(0), t.eq(0), i1.eq(0), i2.eq(0),
@@ -486,8 +482,8 @@ class DmaEngine(wiring.Component):
                 with m.If(produce):
                     m.d.comb += efifo.r_en.eq(need)
                     m.d.sync += [blk_q.eq(blk_now), row_src.eq(pool_addr), row_dst.eq(lin),
-                                 row_len.eq(Mux(merge, (run * ga.row_bytes)[:21], row_n)),
-                                 lin.eq(lin + Mux(merge, (run * ga.row_bytes)[:21],
+                                 row_len.eq(Mux(merge, (run * ga.row_bytes)[:SEG_BITS], row_n)),
+                                 lin.eq(lin + Mux(merge, (run * ga.row_bytes)[:SEG_BITS],
                                                   ga.dst_stride)),
                                  t.eq(t + run)]
                     with m.If(t + run == ga.n):
@@ -536,15 +532,15 @@ class DmaEngine(wiring.Component):
             m.d.sync += row_valid.eq(1)
 
         # -- queues between the segment issuer, the reader, the realigner and the writer ----------
-        RdSeg = data.StructLayout({"space": 2, "addr": 64, "n": 21})
-        AlSeg = data.StructLayout({"so": lB, "do": lB, "endoff": lB, "ns": 21, "nd": 21})
-        WrSeg = data.StructLayout({"space": 2, "addr": 64, "nd": 21})
+        RdSeg = data.StructLayout({"space": 2, "addr": 64, "n": SEG_BITS})
+        AlSeg = data.StructLayout({"so": lB, "do": lB, "endoff": lB, "ns": SEG_BITS, "nd": SEG_BITS})
+        WrSeg = data.StructLayout({"space": 2, "addr": 64, "nd": SEG_BITS})
         rdq, rdq_w, rdq_r = fifo_("rdq", RdSeg, 4)
         alq, alq_w, alq_r = fifo_("alq", AlSeg, ROW_QUEUE_DEPTH)
         wq, wq_w, wq_r = fifo_("wq", WrSeg, ROW_QUEUE_DEPTH)
 
         # -- segment issuer: rows (or, when source and destination overlap, pieces of rows) -------
-        seg_src, seg_dst, seg_n = Signal(64), Signal(64), Signal(21)
+        seg_src, seg_dst, seg_n = Signal(64), Signal(64), Signal(SEG_BITS)
         push_rd, push_wr = Signal(), Signal()
         so, do = seg_src[:lB], seg_dst[:lB]
         m.d.comb += [
@@ -559,7 +555,7 @@ class DmaEngine(wiring.Component):
             m.d.sync += moved.eq(moved + seg_n)
 
         reader_done = Signal()          # every beat the reader was given has arrived
-        ser_src, ser_dst, ser_rem = Signal(64), Signal(64), Signal(21)
+        ser_src, ser_dst, ser_rem = Signal(64), Signal(64), Signal(SEG_BITS)
         ser_idle = Signal()
         chunk = Mux(ser_rem > SERIAL_CHUNK_BEATS * B, SERIAL_CHUNK_BEATS * B, ser_rem)
         backward = ser_dst > ser_src
@@ -610,7 +606,7 @@ class DmaEngine(wiring.Component):
         m.d.sync += [inflight.eq(inflight + issued - consumed), pend.eq(pend + issued - arrived)]
 
         r_act, r_space = Signal(), Signal(2)
-        r_beat, r_left = Signal(64 - lB), Signal(21)
+        r_beat, r_left = Signal(64 - lB), Signal(SEG_BITS)
         lBURST = _log2(BURST_BEATS)
         room = BURST_BEATS - r_beat[:lBURST]
         r_blen = Signal(range(BURST_BEATS + 1))
@@ -733,7 +729,7 @@ class DmaEngine(wiring.Component):
         # -- realigner: source beats shifted to the destination's byte offset ---------------------
         al_act, al_skip, al_first_c, al_first_e = Signal(), Signal(), Signal(), Signal()
         al_off = Signal(lB + 1)            # in (0, B]: window byte of the output's byte 0
-        al_sleft, al_dleft = Signal(21), Signal(21)
+        al_sleft, al_dleft = Signal(SEG_BITS), Signal(SEG_BITS)
         al_fmask, al_lmask = Signal(B), Signal(B)
         cur = Signal(8 * B)                # the last source beat consumed
         o_valid, o_ready = Signal(), Signal()
@@ -776,7 +772,7 @@ class DmaEngine(wiring.Component):
         Burst = data.StructLayout({"space": 2, "addr": SAW, "len": 8})
         bq, bq_w, bq_r = fifo_("bursts", Burst, 4)
         w_act, w_space = Signal(), Signal(2)
-        w_beat, w_left = Signal(64 - lB), Signal(21)
+        w_beat, w_left = Signal(64 - lB), Signal(SEG_BITS)
         w_room = BURST_BEATS - w_beat[:lBURST]
         w_blen = Signal(range(BURST_BEATS + 1))
         outb = Signal(range(MAX_WRITE_BURSTS + 1))

@@ -22,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 from ...sw.isa.enums import ErrorCode
 from ...sw.isa.table import COMMAND_BITS, COMMAND_BYTES, HEADER_BYTES
 from ..axi import AxiSignature
-from ..isa import amaranth_enum
+from ..isa import ErrorShape
 
 __all__ = ["PREFETCH", "FetchMode", "Fetched", "CommandFetcher"]
 
@@ -42,7 +42,7 @@ Fetched = data.StructLayout({
     "raw": COMMAND_BITS,
     "addr": 64,                 # DRAM byte address of the command (ERROR_OFFSET on a fault)
     "index": INDEX_BITS,        # index in the called stream (FRAME mode)
-    "error": amaranth_enum(ErrorCode),
+    "error": ErrorShape,
 })
 
 _Restart = data.StructLayout({

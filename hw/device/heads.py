@@ -23,14 +23,15 @@ from ...sw import regmap
 from ...sw.isa.enums import Engine, ErrorCode, Space
 from ...sw.isa.table import NUM_SEMAPHORES, SEM_BITS
 from ..axi import AxiSignature
-from ..isa import ComputeCommand, DmaCommand, Opcode, amaranth_enum
-from .cp import EngineReport, QueueEntry, window_hit
+from ..isa import ComputeCommand, DmaCommand, Opcode
+from .cp import EngineReport, QueueEntry
+from .dma import DoneLayout
 from .posted_write import PostedWriter
 from .semaphores import SemaphoreBank
+from .windows import window_hit
 
 __all__ = ["EngineHeads"]
 
-ErrorShape = amaranth_enum(ErrorCode)
 _ENGINES = len(Engine)
 
 
@@ -89,8 +90,7 @@ class EngineHeads(wiring.Component):
             members[f"queue_{name}"] = In(stream.Signature(QueueEntry))
             members[f"fault_{name}"] = Out(stream.Signature(EngineReport))
             members[f"job_{name}"] = Out(stream.Signature(job))
-            members[f"done_{name}"] = In(stream.Signature(
-                data.StructLayout({"error": ErrorShape})))
+            members[f"done_{name}"] = In(stream.Signature(DoneLayout))
             members[f"link_{name}"] = Out(AxiSignature(link_axi))
         super().__init__(members)
 

@@ -10,6 +10,8 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..axi_arbiter import RoundRobin
+
 
 __all__ = ["SramArbiter"]
 
@@ -30,24 +32,6 @@ class SramArbiter(wiring.Component):
             "port": Out(port_signature),
         })
 
-    def _round_robin(self, m, name, requests, grant_to, advance):
-        """``grant_to`` = the first requester at or after the one after the last granted."""
-        n = self.count
-        last = Signal(range(n), name=f"{name}_last")
-        chosen = Signal(range(n), name=f"{name}_chosen")
-        any_request = Signal(name=f"{name}_any")
-        m.d.comb += any_request.eq(requests.any())
-        # highest priority first: last + 1, last + 2, ..., last
-        for offset in reversed(range(1, n + 1)):
-            for lst in range(n):
-                candidate = (lst + offset) % n
-                with m.If((last == lst) & requests[candidate]):
-                    m.d.comb += chosen.eq(candidate)
-        m.d.comb += grant_to.eq(chosen)
-        with m.If(advance):
-            m.d.sync += last.eq(chosen)
-        return any_request
-
     def elaborate(self, platform):
         m = Module()
         port = self.port
@@ -56,12 +40,14 @@ class SramArbiter(wiring.Component):
         for i, master in enumerate(self.masters):
             m.d.comb += [reads[i].eq(master.rd_addr.valid), writes[i].eq(master.wr.valid)]
 
-        read_to = Signal(range(self.count))
-        read_any = self._round_robin(m, "read", reads, read_to,
-                                     port.rd_addr.valid & port.rd_addr.ready)
-        write_to = Signal(range(self.count))
-        write_any = self._round_robin(m, "write", writes, write_to,
-                                      port.wr.valid & port.wr.ready)
+        # reads and writes each granted round-robin (the AXI arbiter's pointer logic)
+        m.submodules.read_grant = read_grant = RoundRobin(self.count)
+        m.submodules.write_grant = write_grant = RoundRobin(self.count)
+        m.d.comb += [read_grant.requests.eq(reads), write_grant.requests.eq(writes),
+                     read_grant.taken.eq(port.rd_addr.valid & port.rd_addr.ready),
+                     write_grant.taken.eq(port.wr.valid & port.wr.ready)]
+        read_to, write_to = read_grant.grant, write_grant.grant
+        read_any, write_any = read_grant.valid, write_grant.valid
         returning = Signal(range(self.count))   # who gets this cycle's read data
         with m.If(port.rd_addr.valid & port.rd_addr.ready):
             m.d.sync += returning.eq(read_to)

@@ -21,19 +21,19 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
 from ...sw.isa.enums import Engine
+from ...sw.isa.table import DMA_ENGINES
 from ...sw.params import DEFAULT
 from ..axi import AxiSignature
 from ..axi_arbiter import AxiArbiter
 from ..ne.tile import NeTile
 from .cp import CommandProcessor, Mmio
-from .dma import DmaEngine, WindowLayout
+from .dma import DmaEngine
+from .windows import WindowLayout
 from .heads import EngineHeads
 from .sram_arbiter import SramArbiter
 
-__all__ = ["Device", "DMA_ENGINES"]
+__all__ = ["Device"]
 
-#: The engines that run on a DMA engine, in the order of :attr:`Device.dma_engines`.
-DMA_ENGINES = (Engine.DMA_IN, Engine.DMA_OUT, Engine.LINK)
 
 
 class Device(wiring.Component):

@@ -17,10 +17,10 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from ...sw.isa.enums import DType, ErrorCode, VBMode, VectorOp
+from ...sw.isa.enums import DType, VBMode, VectorOp
 from ...sw.numerics import NEG_INF, OPERANDS
 from ...sw.params import HwParams
-from ..isa import ComputeCommand, Opcode, amaranth_enum, resolved_layout
+from ..isa import ComputeCommand, ErrorShape, Opcode, amaranth_enum, resolved_layout
 from ..refuse import refuse
 from .operand_stream import OperandStream
 from .scratchpad import Scratchpad, ScratchpadPort
@@ -31,7 +31,6 @@ from .vector_unit import Mode, RedOpShape, VectorUnit
 __all__ = ["ErrorShape", "NeTile", "done_layout"]
 
 #: The Amaranth enum of :class:`~npusim.sw.isa.enums.ErrorCode` (8 bits; OK = 0).
-ErrorShape = amaranth_enum(ErrorCode)
 _DType = amaranth_enum(DType)
 _VBMode = amaranth_enum(VBMode)
 

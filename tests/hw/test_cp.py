@@ -13,7 +13,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from npusim.hw.device.cp import CommandProcessor
-from npusim.hw.device.dma import WindowLayout
+from npusim.hw.device.windows import WindowLayout
 from npusim.sw import regmap
 from npusim.sw.fm.system import System
 from npusim.sw.isa import Command, encode_stream

@@ -5,7 +5,7 @@ from amaranth.sim import Simulator
 
 from npusim.hw.axi import AxiParams
 from npusim.hw.device.cp import QueueEntry
-from npusim.hw.device.dma import WindowLayout
+from npusim.hw.device.windows import WindowLayout
 from npusim.hw.device.heads import EngineHeads
 from npusim.hw.isa import Opcode
 from npusim.sw import regmap
