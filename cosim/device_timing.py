@@ -8,7 +8,7 @@ included. :func:`measure` runs every case on the functional model (``System``), 
 cached device build (``DeviceTestTop``, testbench ``device_timing_tb.py``) from the same image
 and registers, checks the DRAM regions the case names against the model's, and returns both
 cycle counts per case. The DMA calibration test (``tests/hw/test_device_timing.py``) and the
-``dma`` and ``paged`` benchmarks are built on it.
+``dma``, ``paged`` and ``gemm-dram`` benchmarks are built on it.
 """
 
 import json
@@ -19,20 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sw.fm.system import BusMap, System
+from ..sw.fm.system import System
 from ..sw.isa import Command, encode_stream
 from ..sw.isa.enums import Engine, Space
-from ..sw.params import HwParams
 from .device import model_launch
+from .device_top import DEVICE_BUS, DEVICE_PARAMS
 
 __all__ = ["TimedCase", "DEVICE_PARAMS", "DEVICE_BUS", "STREAM_ADDR", "RECORD_ADDR",
            "fm_run", "measure", "copy_case", "gather_case", "scatter_case", "ring_case", "control_case",
            "calibration_cases"]
 
-#: The 4x4-array device of ``tests/hw/test_device.py`` (the same build, cached once).
-DEVICE_PARAMS = HwParams(array_rows=4, array_cols=4, vector_lanes=4, sram_bytes=64 * 1024,
-                         dram_bytes=1 << 22)
-DEVICE_BUS = BusMap(host_bytes=1 << 24)
 #: Where a case's stream is loaded, and where its records go (DRAM).
 STREAM_ADDR = 0x8000
 RECORD_ADDR = 0x7000
@@ -41,20 +37,22 @@ RECORD_ADDR = 0x7000
 @dataclass
 class TimedCase:
     """``cmds`` timed between two records, after the untimed ``setup``; ``inputs`` ``[(dram addr, bytes)]`` loaded first;
-    ``checks`` ``[(dram addr, n)]`` compared with the model after the run; ``info`` free-form
-    (the shape, for tables and fits)."""
+    ``checks`` ``[(dram addr, n)]`` compared with the model after the run (``teardown``
+    commands, after the second record, copy a scratchpad result out to DRAM for that);
+    ``info`` free-form (the shape, for tables and fits)."""
     name: str
     cmds: list
     inputs: list = field(default_factory=list)
     checks: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
     setup: list = field(default_factory=list)
+    teardown: list = field(default_factory=list)
 
     def stream(self):
         def record(i):
             return Command("COMPLETE", dst_space=Space.DRAM, dst_off=RECORD_ADDR + 16 * i,
                            seq=i)
-        return [*self.setup, record(0), *self.cmds, record(1)]
+        return [*self.setup, record(0), *self.cmds, record(1), *self.teardown]
 
 
 def fm_run(case, params=DEVICE_PARAMS, bus=DEVICE_BUS):
@@ -118,6 +116,13 @@ def _data(n, seed=1):
     return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
 
 
+def _sram_out(n):
+    """Untimed: the first ``n`` bytes of the scratchpad copied to DRAM ``DST``, to be checked."""
+    return [Command("FENCE"),
+            Command("DMA_COPY", engine=Engine.DMA_OUT, src_space=Space.SRAM, src_off=0,
+                    dst_space=Space.DRAM, dst_off=DST, len=n, n1=1, n2=1)]
+
+
 def copy_case(name, src_space, dst_space, length, n1=1, src_stride=0, dst_stride=0,
               engine=Engine.DMA_IN, shift=0):
     """A DMA_COPY of ``n1`` rows of ``length`` bytes between DRAM ``SRC + shift``/``DST`` and
@@ -125,22 +130,18 @@ def copy_case(name, src_space, dst_space, length, n1=1, src_stride=0, dst_stride
     An SRAM source is filled first (untimed); a DRAM destination is zeroed, and checked."""
     src_span = (n1 - 1) * src_stride + length
     dst_span = (n1 - 1) * dst_stride + length
-    dram = {Space.SRAM: 0, Space.DRAM: None}
     cmd = Command("DMA_COPY", engine=engine, src_space=src_space,
-                  src_off=SRC + shift if dram[src_space] is None else 0, dst_space=dst_space,
-                  dst_off=DST if dram[dst_space] is None else 0, len=length, n1=n1, n2=1,
+                  src_off=SRC + shift if src_space == Space.DRAM else 0, dst_space=dst_space,
+                  dst_off=DST if dst_space == Space.DRAM else 0, len=length, n1=n1, n2=1,
                   src_stride1=src_stride, dst_stride1=dst_stride)
     setup = [] if src_space == Space.DRAM else [
         Command("DMA_COPY", engine=Engine.DMA_IN, src_off=SRC, dst_space=Space.SRAM, dst_off=0,
                 len=src_span, n1=1, n2=1)]
-    inputs = [(SRC, _data(src_span + shift))]
-    checks = []
-    if dst_space == Space.DRAM:
-        inputs.append((DST, bytes(dst_span)))
-        checks.append((DST, dst_span))
-    return TimedCase(name, [cmd], inputs, checks,
+    inputs = [(SRC, _data(src_span + shift)), (DST, bytes(dst_span))]
+    return TimedCase(name, [cmd], inputs, [(DST, dst_span)],
                      {"kind": "copy", "src": src_space.name, "dst": dst_space.name, "rows": n1,
-                      "row_bytes": length, "bytes": n1 * length}, setup)
+                      "row_bytes": length, "bytes": n1 * length}, setup,
+                     [] if dst_space == Space.DRAM else _sram_out(dst_span))
 
 
 def gather_case(name, tokens, row_bytes, *, block_log2=4, pool_blocks=None, seed=2,
@@ -157,14 +158,12 @@ def gather_case(name, tokens, row_bytes, *, block_log2=4, pool_blocks=None, seed
                   dst_space=dst_space, dst_off=DST if dst_space == Space.DRAM else 0,
                   row_bytes=row_bytes, row_stride=row_stride, dst_stride=row_bytes,
                   block_log2=block_log2, pool_blocks=pool_blocks, n=tokens, t0=0)
-    inputs = [(TABLE, table.tobytes()), (SRC, _data(pool_blocks * block * row_stride, seed))]
-    checks = []
-    if dst_space == Space.DRAM:
-        inputs.append((DST, bytes(tokens * row_bytes)))
-        checks.append((DST, tokens * row_bytes))
-    return TimedCase(name, [cmd], inputs, checks,
+    inputs = [(TABLE, table.tobytes()), (SRC, _data(pool_blocks * block * row_stride, seed)),
+              (DST, bytes(tokens * row_bytes))]
+    return TimedCase(name, [cmd], inputs, [(DST, tokens * row_bytes)],
                      {"kind": "gather", "src": "DRAM", "dst": dst_space.name, "rows": tokens,
-                      "row_bytes": row_bytes, "bytes": tokens * row_bytes, "block": block})
+                      "row_bytes": row_bytes, "bytes": tokens * row_bytes, "block": block},
+                     teardown=[] if dst_space == Space.DRAM else _sram_out(tokens * row_bytes))
 
 
 def scatter_case(name, tokens, row_bytes, *, block_log2=4, seed=4):
@@ -194,13 +193,19 @@ def scatter_case(name, tokens, row_bytes, *, block_log2=4, seed=4):
 
 
 def ring_case(name, rows, row_bytes, ring_rows, r0):
-    """A DMA_RING from DRAM ``SRC`` into a ring of ``ring_rows`` rows in SRAM, from row ``r0``."""
+    """A DMA_RING from DRAM ``SRC`` into a ring of ``ring_rows`` rows in SRAM, from row ``r0``
+    (at least a whole ring of rows, so the whole ring is written, copied out and checked)."""
+    if rows < ring_rows:
+        raise ValueError(f"{rows} rows leave part of a {ring_rows}-row ring unwritten")
     cmd = Command("DMA_RING", engine=Engine.DMA_IN, ring_space=Space.SRAM, ring_off=0,
                   lin_space=Space.DRAM, lin_off=SRC, to_ring=1, row_bytes=row_bytes,
                   ring_stride=row_bytes, lin_stride=row_bytes, ring_rows=ring_rows, n=rows, r0=r0)
-    return TimedCase(name, [cmd], [(SRC, _data(rows * row_bytes))], [],
+    ring = ring_rows * row_bytes
+    return TimedCase(name, [cmd], [(SRC, _data(rows * row_bytes)), (DST, bytes(ring))],
+                     [(DST, ring)],
                      {"kind": "ring", "src": "DRAM", "dst": "SRAM", "rows": rows,
-                      "row_bytes": row_bytes, "bytes": rows * row_bytes})
+                      "row_bytes": row_bytes, "bytes": rows * row_bytes},
+                     teardown=_sram_out(ring))
 
 
 def control_case(name, count, op="REG_SET"):

@@ -21,10 +21,16 @@ from ..hw.dram import DramBackdoorSignature, DramModel
 from ..sw.fm.system import BusMap
 from ..sw.params import HwParams
 
-__all__ = ["MsiCatcher", "DeviceTestTop", "MSI_PAGE"]
+__all__ = ["MsiCatcher", "DeviceTestTop", "MSI_PAGE", "DEVICE_PARAMS", "DEVICE_BUS"]
 
 #: Bytes of the MSI doorbell page at ``BusMap.msi_base``.
 MSI_PAGE = 4096
+
+#: The device the tests, the timing calibration and the device benchmarks simulate (one
+#: build, cached once): a 4x4 array, a 64 KiB scratchpad, a 4 MiB DRAM, 16 MiB of host memory.
+DEVICE_PARAMS = HwParams(array_rows=4, array_cols=4, vector_lanes=4, sram_bytes=64 * 1024,
+                         dram_bytes=1 << 22)
+DEVICE_BUS = BusMap(host_bytes=1 << 24)
 
 
 class MsiCatcher(wiring.Component):
@@ -129,10 +135,12 @@ class DeviceTestTop(wiring.Component):
         link_params = device.signature.members["link"].signature.params
         m.submodules.dram = dram = DramModel(p, hexfile="dram.hex",
                                              id_width=dram_params.id_width,
+                                             outstanding=p.dram_outstanding,
                                              addr_width=dram_params.addr_width)
         host_params = p.replace(dram_bytes=self.bus.host_bytes)
         m.submodules.host = host = DramModel(host_params, hexfile="host.hex",
                                              id_width=link_params.id_width,
+                                             outstanding=p.dram_outstanding,
                                              addr_width=link_params.addr_width)
         m.submodules.msi = msi = MsiCatcher(link_params, self.bus.msi_base)
         connect(m, device.dram, dram.axi)

@@ -43,17 +43,13 @@ class GemmPlan:
     b_slots: tuple   # ... of the two B tiles
     c_slots: tuple   # ... of the two C tiles
 
-    @property
-    def sram_bytes(self):
-        return max(self.c_slots) + 4 * self.tm * self.tn
-
 
 def plan_gemm(params, m, n, k, *, tm=None, tn=None, tk=None):
-    """Tile sizes (by default the largest multiples of the array that fit the scratchpad
-    twice over, up to 64 x 64 output tiles and 64-deep k-steps) and buffer addresses."""
-    rows, cols = params.array_rows, params.array_cols
-    tm = tm or min(m, 16 * rows, 64)
-    tn = tn or min(n, 16 * cols, 64)
+    """Tile sizes (by default 64 x 64 output tiles and 64-deep k-steps, or the whole
+    dimension when smaller) and buffer addresses; ValueError if two of each buffer do not
+    fit the scratchpad or a dimension is not a multiple of its tile."""
+    tm = tm or min(m, 64)
+    tn = tn or min(n, 64)
     tk = tk or min(k, 64)
     for name, total, tile in (("m", m, tm), ("n", n, tn), ("k", k, tk)):
         if total % tile:

@@ -16,8 +16,8 @@ from pathlib import Path
 from .sw.isa.enums import DType
 from .sw.params import HwParams
 
-__all__ = ["BENCHMARKS", "GEMM_ARRAYS", "bench_dma", "bench_gemm", "bench_paged", "gemm_shapes",
-           "run_benchmarks"]
+__all__ = ["BENCHMARKS", "GEMM_ARRAYS", "bench_dma", "bench_fm_speed", "bench_gemm",
+           "bench_gemm_dram", "bench_paged", "gemm_shapes", "run_benchmarks"]
 
 
 def bench_fm_speed():
@@ -178,8 +178,18 @@ def _device_cases(cases):
 
 
 def _run_summary(run):
+    """The device benchmarks' common figures: the build and simulation times, and the device
+    parameters the run used (recorded instead of the defaults)."""
+    from .cosim.device_timing import DEVICE_PARAMS
     return {"build_seconds": round(run["build_seconds"], 1), "cached": run["cached"],
-            "simulation_seconds": round(run["simulation_seconds"], 1)}
+            "simulation_seconds": round(run["simulation_seconds"], 1),
+            "params": DEVICE_PARAMS.as_dict()}
+
+
+def _print_run(run, speed):
+    print(f"rtl cycles/s {speed:,}; build {run['build_seconds']:.1f} s "
+          f"({'cached' if run['cached'] else 'built'}), simulation "
+          f"{run['simulation_seconds']:.1f} s")
 
 
 def bench_dma():
@@ -208,9 +218,7 @@ def bench_dma():
               f"{100 * eff:>7.1f}% {r['fm_cycles']:>9}")
     print(f"cycles are those a transfer adds to a stream (between two completion records, "
           f"minus the {base} of an empty stream); port peak {peak} B/cycle")
-    print(f"rtl cycles/s {speed:,}; build {run['build_seconds']:.1f} s "
-          f"({'cached' if run['cached'] else 'built'}), simulation "
-          f"{run['simulation_seconds']:.1f} s")
+    _print_run(run, speed)
     return {"efficiency": min(r["efficiency"] for r in out), "peak_bytes_per_cycle": peak,
             "rtl_cycles_per_second": speed, "empty_stream_cycles": base, "rows": out,
             **_run_summary(run)}
@@ -243,9 +251,7 @@ def bench_paged():
               f"{100 * overhead:>8.1f}% {g['fm_cycles']:>9} {c['fm_cycles']:>9}")
     print(f"block size 16, random block table; cycles added to a stream (minus the {base} of "
           f"an empty stream)")
-    print(f"rtl cycles/s {speed:,}; build {run['build_seconds']:.1f} s "
-          f"({'cached' if run['cached'] else 'built'}), simulation "
-          f"{run['simulation_seconds']:.1f} s")
+    _print_run(run, speed)
     return {"overhead": max(r["overhead"] for r in out), "rtl_cycles_per_second": speed,
             "empty_stream_cycles": base, "rows": out, **_run_summary(run)}
 
@@ -260,7 +266,7 @@ def bench_gemm_dram():
     from .firmware.gemm import gemm_commands, plan_gemm
     from .sw import numerics as nx
     p = DEVICE_PARAMS
-    macs = p.array_rows * p.array_cols
+    macs = p.macs_per_cycle
     a_addr, b_addr, c_addr = 0x100000, 0x180000, 0x200000
     shapes = [(64, 64, 64), (128, 128, 128), (128, 128, 256)]
     cases = []
@@ -290,9 +296,7 @@ def bench_gemm_dram():
     print(f"{p.array_rows}x{p.array_cols} array, {p.sram_bytes // 1024} KiB scratchpad, DRAM "
           f"latency {p.dram_latency}; cycles added to a stream (minus the {base} of an empty "
           f"stream)")
-    print(f"rtl cycles/s {speed:,}; build {run['build_seconds']:.1f} s "
-          f"({'cached' if run['cached'] else 'built'}), simulation "
-          f"{run['simulation_seconds']:.1f} s")
+    _print_run(run, speed)
     return {"utilization": min(r["utilization"] for r in out if r["in_min"]),
             "rtl_cycles_per_second": speed, "empty_stream_cycles": base, "rows": out,
             **_run_summary(run)}
@@ -312,12 +316,14 @@ def run_benchmarks(name, record=None):
     for n in names:
         print(f"== bench {n}")
         figures = BENCHMARKS[n]()
+        # the parameters a benchmark ran with when it says, else the defaults
+        params = figures.pop("params", DEFAULT.as_dict())
         if record:
             out = Path(record) / f"{n}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({
                 "benchmark": n, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "machine": platform.machine(), "python": platform.python_version(),
-                "params": DEFAULT.as_dict(), "figures": figures}, indent=2) + "\n")
+                "params": params, "figures": figures}, indent=2) + "\n")
         print(json.dumps(figures))
     return 0

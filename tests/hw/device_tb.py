@@ -139,7 +139,7 @@ async def settled_status(host, polls=50):
     return state, code
 
 
-async def _compare_state(dut, host, d, what):
+async def _compare_state(host, d, what):
     """Run-time registers and semaphores, RTL against the model (over MMIO on both)."""
     for kind, count in (("RUNTIME_REG", NUM_REGS), ("SEM_VALUE", NUM_SEMAPHORES)):
         for i in range(count):
@@ -237,7 +237,7 @@ async def run_both(dut, cmds, inputs, outputs, regs=None, expect=ErrorCode.OK, *
         record = await host.host.dump(BUS.completion(0), 16)
         want = system.host.read(BUS.completion(0), 16).tobytes()
         assert record[:8] == want[:8], (record.hex(), want.hex())   # seq, status
-    await _compare_state(dut, host, d, "after the stream")
+    await _compare_state(host, d, "after the stream")
 
     if stopped:   # reset the queue, then a launch that must complete
         r_cmds, r_inputs, r_outputs = recovery or ([], [], [])
@@ -269,7 +269,7 @@ async def run_both(dut, cmds, inputs, outputs, regs=None, expect=ErrorCode.OK, *
         want = system.host.read(BUS.completion(0), 16).tobytes()
         assert record[:8] == want[:8] and want[:4] == (2).to_bytes(4, "little"), \
             (record.hex(), want.hex())
-        await _compare_state(dut, host, d, "after the second launch")
+        await _compare_state(host, d, "after the second launch")
         outputs = list(outputs) + list(r_outputs)
 
     regions = list(outputs) + [(addr, n) for addr, n in intact if (addr, n) not in outputs]
@@ -292,7 +292,7 @@ async def run_both(dut, cmds, inputs, outputs, regs=None, expect=ErrorCode.OK, *
     return system
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def dma_matmul_round_trip(dut):
     """A and B in by DMA, a MATMUL on the tile, C out by DMA, synchronised by semaphores."""
     await run_both(dut, *matmul_round_trip())
@@ -321,7 +321,7 @@ def matmul_round_trip():
     return cmds, [(A, a.tobytes()), (B, b.tobytes())], [(C, 4 * n * n)]
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def strided_copies_on_three_engines(dut):
     """2-D and 3-D strided DMA on DMA_IN, DMA_OUT and LINK at once (disjoint data), with
     run-time register operands."""
@@ -337,7 +337,7 @@ async def strided_copies_on_three_engines(dut):
                    regs={1: 0x40000, 2: 36})
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def faults_stop_the_device(dut):
     """A DMA outside every window: DMA_WINDOW at that command, nothing written after."""
     cmds = [Command("REG_SET", rd=3, imm=7),
@@ -356,7 +356,7 @@ def reg_op(op, rd, rs1, rs2=0, imm=0):
     return Command("REG_OP", op=op, rd=rd, rs1=rs1, rs2=rs2, imm=imm)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def control_flow_and_registers(dut):
     """REG_SET, every REG_OP, a BRANCH loop driving register-addressed DMAs, forward branches
     taken and not, one to the end of the stream, writes to r0, FENCE on an engine mask;
@@ -415,7 +415,7 @@ async def control_flow_and_registers(dut):
     await run_both(dut, cmds, [(IN, src.tobytes())], [(OUT, 0x200)], sram=False, bench=bench)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def halt_stops_the_launch(dut):
     """A stream ending in HALT: both stop HALTED after the engines drain, before the launch's
     COMPLETE (no completion record, no MSI: HALT stops the queue, so a launched stream that
@@ -428,7 +428,7 @@ async def halt_stops_the_launch(dut):
     await run_both(dut, cmds, [(IN, src.tobytes())], [(OUT, 0x200)], halt=0x1234)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def dma_every_kind(dut):
     """DMA_COPY 1-D, 2-D and 3-D between DRAM, SRAM and host memory (over the link, window 1)
     in every direction, DRAM -> DRAM and SRAM -> SRAM, overlapping copies (memmove order,
@@ -496,7 +496,7 @@ async def dma_every_kind(dut):
                    seed=12)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def compute_every_kind(dut):
     """MATMUL (fp32 C, accumulate with transposed operands, bf16 C, register dimensions),
     VECTOR (ROW, COL, SCALAR, IMM and TILE b, bf16 in and out, SELECT, in place, the
@@ -568,7 +568,7 @@ async def compute_every_kind(dut):
 # -- paged attention, sliding window ---------------------------------------------------------
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def paged_attention_step(dut):
     """One decode step of paged attention: the new tokens' K and V scattered into the KV pool
     through the slot mapping of a random vLLM block table (16-token blocks, 45 + 5 tokens),
@@ -639,7 +639,7 @@ async def paged_attention_step(dut):
                    seed=20)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def sliding_window_ring(dut):
     """A sliding window kept with modulo writes: five decode steps (a BRANCH loop), each
     writing 4 new rows into a 6-row ring in SRAM at r0 = R[20] (a run-time register that
@@ -716,14 +716,14 @@ def patched(index, byte, value):
     return [(4 + index, byte, value)]
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def error_bad_opcode(dut):
     """An unknown opcode (0x0F, patched into the encoded stream): BAD_OPCODE."""
     bench = Bench(dut)
     await fault_case(bench, Command("NOP"), ErrorCode.BAD_OPCODE, patches=patched(0, 0, 0x0F))
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def error_reserved_bits(dut):
     """Bit 255 of a REG_SET set: RESERVED_BITS, and the register keeps its value."""
     bench = Bench(dut)
@@ -731,7 +731,7 @@ async def error_reserved_bits(dut):
                      patches=patched(0, 31, 0x80))
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def error_bad_field(dut):
     """A DMA_COPY patched to run on the COMPUTE engine, and one with space 3: BAD_FIELD."""
     bench = Bench(dut)
@@ -741,7 +741,7 @@ async def error_bad_field(dut):
     await fault_case(bench, bad, ErrorCode.BAD_FIELD, patches=patched(0, 6, raw[6] | 0b110))
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def error_dma_window(dut):
     """Restricted windows (granted before the doorbell on both): DRAM window 0 cut to
     [0, 2 MiB) and a read-only window 4 above it. A write into the read-only window, a read
@@ -759,7 +759,7 @@ async def error_dma_window(dut):
                                dst_space=Space.LINK), ErrorCode.DMA_WINDOW, engine=Engine.LINK)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def error_block_table(dut):
     """A block-table entry naming a block past the pool (gather into SRAM), and a slot
     mapping entry past the pool after good ones (scatter): BLOCK_TABLE, nothing written."""
@@ -778,7 +778,7 @@ async def error_block_table(dut):
                      ErrorCode.BLOCK_TABLE, inputs=[(IN + 0x340, slots.tobytes())])
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def error_sram_bounds(dut):
     """A DMA into SRAM running past its end, and a MATMUL whose C does: SRAM_BOUNDS."""
     bench = Bench(dut)
@@ -791,7 +791,7 @@ async def error_sram_bounds(dut):
                      intact_sram=[(end - 0x80, 0x80)])
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def error_alignment(dut):
     """A DMA source 2 bytes off, a MATMUL with an odd A address, a completion record off its
     16 bytes: ALIGNMENT."""
@@ -803,7 +803,7 @@ async def error_alignment(dut):
     await fault_case(bench, Command("COMPLETE", dst_off=DEST + 8, seq=9), ErrorCode.ALIGNMENT)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def error_bad_shape(dut):
     """A register operand too large for its field (DMA length R[9] + 16 >= 2**20, MATMUL m):
     BAD_SHAPE in the command processor; accumulate into a bf16 C (the tile) and a ring of
@@ -823,7 +823,7 @@ async def error_bad_shape(dut):
                      ErrorCode.BAD_SHAPE)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def error_operand_overlap(dut):
     """A VECTOR whose result overlaps its operand other than in place: OPERAND_OVERLAP."""
     bench = Bench(dut)
@@ -833,7 +833,7 @@ async def error_operand_overlap(dut):
                      intact_sram=[(SDEST, 0x100)])
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def error_semaphore_deadlock(dut):
     """A SEM_WAIT nobody signals: the watchdog (the WATCHDOG register, shortened to 5000
     cycles for the test) turns it into SEM_TIMEOUT; the compute queue behind it never runs."""
@@ -842,14 +842,14 @@ async def error_semaphore_deadlock(dut):
                      ErrorCode.SEM_TIMEOUT, engine=Engine.COMPUTE, watchdog=5000)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def error_call_depth(dut):
     """A CALL inside the launched (called) stream: CALL_DEPTH."""
     bench = Bench(dut)
     await fault_case(bench, Command("CALL", addr_off=STREAM), ErrorCode.CALL_DEPTH)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def error_bad_branch(dut):
     """BRANCH targets past the end of the stream and before its start: BAD_BRANCH (even
     when the branch would not be taken)."""
@@ -860,7 +860,7 @@ async def error_bad_branch(dut):
                      ErrorCode.BAD_BRANCH)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def error_bad_stream_header(dut):
     """The launched stream's header (reached through the launch's CALL) with a bad magic, an
     unknown major version, more commands than DRAM holds: BAD_MAGIC, BAD_VERSION,
@@ -875,7 +875,7 @@ async def error_bad_stream_header(dut):
                          recovery=(sram_load(), [], []))   # the stream never loaded SRAM
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=50, timeout_unit="ms")
 async def queue_reset_then_good_launch(dut):
     """After a fault, CONTROL = 1 and a second launch doing real work (DMA, MATMUL, DMA)
     completes on both, with the same results."""

@@ -125,6 +125,9 @@ def test_model_source_contents_are_in_the_key(tmp_path, monkeypatch):
 def test_bad_parameters(change):
     with pytest.raises(ValueError):
         DramModel(PARAMS.replace(**change))
+
+
+def test_bad_port_options():
     with pytest.raises(ValueError):
         DramModel(PARAMS, addr_width=19)  # cannot address 1 MiB
     with pytest.raises(ValueError):

@@ -5,14 +5,12 @@ k-steps, and the engines overlap (loads run ahead of the MATMULs)."""
 import numpy as np
 import pytest
 
+from npusim.cosim.device_top import DEVICE_PARAMS as PARAMS   # the benchmarked device
 from npusim.firmware.gemm import gemm_commands, plan_gemm
 from npusim.sw import numerics as nx
 from npusim.sw.fm.system import System
 from npusim.sw.isa import encode_stream
-from npusim.sw.params import HwParams
 
-PARAMS = HwParams(array_rows=4, array_cols=4, vector_lanes=4, sram_bytes=64 * 1024,
-                  dram_bytes=1 << 22)
 A, B, C = 0x100000, 0x180000, 0x200000
 
 
