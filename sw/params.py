@@ -47,19 +47,33 @@ class HwParams:
     cp_record_overhead: int = 5    #: a COMPLETE's cycles after its record's write response
     engine_queue_depth: int = 16   #: commands an engine queue holds
     watchdog_cycles: int = 1_000_000  #: a wait longer than this is SEM_TIMEOUT
-    # link (PCIe-like; Gen5 x16 = 16 lanes at ~4 B/cycle per lane at 1 GHz)
-    link_lanes: int = 16
+    # link (PCIe-like; docs/hw/link.md). Gen5 runs ~4 B per lane per cycle at 1 GHz; the
+    # simulated default is a x2 link, 8 B per cycle, a quarter of the DRAM port
+    link_lanes: int = 2
     link_bytes_per_lane: int = 4       #: bytes per lane per cycle
-    link_latency: int = 150            #: one-way latency through the switch
+    link_wire_latency: int = 32        #: cycles a flit spends on the wire, per hop and direction
+    link_latency: int = 150            #: one-way latency through the switch (model estimate)
     link_max_payload: int = 256        #: max TLP payload (bytes)
     link_max_read_request: int = 512   #: max read request (bytes)
     link_tlp_overhead: int = 24        #: framing + header + LCRC bytes per TLP
+    link_read_tags: int = 32           #: reads a requester keeps outstanding (tags)
+    link_replay_bytes: int = 4096      #: data-link replay buffer
+    link_replay_timeout: int = 1024    #: cycles without an ACK before a replay
+    link_ack_latency: int = 32         #: cycles a receiver may hold back an ACK (coalescing)
+    # receive-buffer flow-control credits a link end advertises (data credits: 16 bytes)
+    link_ph_credits: int = 32          #: posted headers
+    link_pd_credits: int = 256         #: posted data
+    link_nph_credits: int = 32         #: non-posted headers
+    link_npd_credits: int = 32         #: non-posted data
+    link_cplh_credits: int = 32        #: completion headers
+    link_cpld_credits: int = 256       #: completion data
     link_completion_timeout: int = 50_000  #: a read with no completion by then is LINK_TIMEOUT
     clock_hz: float = 1.0e9
 
     @property
     def link_bytes_per_cycle(self):
-        """Raw lane bandwidth of one link direction."""
+        """Raw lane bandwidth of one link direction: the bytes (``W``) the physical layer
+        moves per cycle, one flit."""
         return self.link_lanes * self.link_bytes_per_lane
 
     @property

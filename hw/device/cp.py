@@ -28,6 +28,7 @@ from ..isa import ErrorShape, Opcode, resolved_layout
 from .decode import CommandDecoder, ResolvedCommand
 from .fetch import INDEX_BITS, CommandFetcher, FetchMode
 from .posted_write import PostedWriter
+from .link_error import link_error
 from .windows import window_hit
 
 __all__ = ["QueueEntry", "Mmio", "EngineReport", "CommandProcessor"]
@@ -414,7 +415,7 @@ class CommandProcessor(wiring.Component):
 
     def _complete_steps(self, m, step, c, cycles, msi_addr, fail, writers):
         """The record (stamped with the cycle it is sent), then the MSI, each one posted write
-        whose response decides: DMA_WINDOW (DRAM) or LINK_UNSUPPORTED (link) on an error."""
+        whose response decides: DMA_WINDOW (DRAM) or :func:`link_error` (link) on an error."""
         beat = self.params.dram_bytes_per_cycle
         lanes = beat // 16
         status = C(int(regmap.DeviceState.RUNNING), 32)   # it is running this very command
@@ -433,7 +434,7 @@ class CommandProcessor(wiring.Component):
             with m.If((step == _Step.RECORD_B) & selected & ~writer.busy):
                 with m.If(writer.resp != 0):
                     fail(ErrorCode.DMA_WINDOW if space == Space.DRAM
-                         else ErrorCode.LINK_UNSUPPORTED)
+                         else link_error(writer.resp))
                 with m.Elif(c.irq):
                     m.d.sync += step.eq(_Step.MSI_AW)
                 with m.Else():
@@ -449,7 +450,7 @@ class CommandProcessor(wiring.Component):
                 m.d.sync += step.eq(_Step.MSI_B)
         with m.If((step == _Step.MSI_B) & ~link.busy):
             with m.If(link.resp != 0):
-                fail(ErrorCode.LINK_UNSUPPORTED)
+                fail(link_error(link.resp))
             with m.Else():
                 m.d.sync += step.eq(_Step.DECODE)
 

@@ -21,10 +21,11 @@ from ...sw.fm.timing import DMA_MERGE_MAX_BYTES, DMA_TABLE_BUFFER
 from ...sw.isa.enums import ErrorCode, Space
 from ...sw.params import DEFAULT
 from ...sw.regmap import NUM_WINDOWS
-from ..axi import AxiParams, AxiSignature, Resp
+from ..axi import AxiParams, AxiSignature
 from ..isa import DmaCommand, ErrorShape, Opcode, resolved_layout
 from ..ne.scratchpad import ScratchpadPort
 from ..refuse import refuse
+from .link_error import link_error
 from .windows import WindowLayout, window_hit
 
 __all__ = ["WindowLayout", "DoneLayout", "DmaEngine", "BURST_BEATS", "DATA_FIFO_BEATS",
@@ -684,8 +685,6 @@ class DmaEngine(wiring.Component):
             m.d.comb += [dfifo.w_en.eq(1), dfifo_w.eq(self.link.r.payload.data),
                          arrived.eq(1)]
 
-        def link_error(resp):
-            return Mux(resp == Resp.DECERR, ErrorCode.LINK_UNSUPPORTED, ErrorCode.LINK_TIMEOUT)
         with m.If(self.dram.r.valid & self.dram.r.payload.resp[1]):
             m.d.comb += io_err.eq(ErrorCode.DMA_WINDOW)
         with m.Elif(self.link.r.valid & self.link.r.payload.resp[1]):

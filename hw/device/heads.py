@@ -6,7 +6,7 @@ Each of the four engine queues has a head that takes one command at a time, in o
   ``consume``); a wait longer than the WATCHDOG register says is SEM_TIMEOUT;
 * ``SEM_SIGNAL``: adds ``amount`` to a local semaphore, or (``remote``) sends it as a posted
   8-byte write to the peer's SEM_INC register on its link port, after checking the link
-  window (DMA_WINDOW); an error response is LINK_UNSUPPORTED;
+  window (DMA_WINDOW); an error response is reported as `link_error` says;
 * anything else goes to the head's engine (a DMA engine, or the NE tile for COMPUTE) and the
   head waits for its completion; a failed command is reported with its code and address.
 
@@ -28,6 +28,7 @@ from .cp import EngineReport, QueueEntry
 from .dma import DoneLayout
 from .posted_write import PostedWriter
 from .semaphores import SemaphoreBank
+from .link_error import link_error
 from .windows import window_hit
 
 __all__ = ["EngineHeads"]
@@ -202,7 +203,7 @@ class EngineHeads(wiring.Component):
             with m.Case(_State.SIGNAL_B):
                 with m.If(~writer.busy):
                     with m.If(writer.resp != 0):
-                        report(ErrorCode.LINK_UNSUPPORTED)
+                        report(link_error(writer.resp))
                     with m.Else():
                         m.d.sync += state.eq(_State.IDLE)
 

@@ -7,7 +7,7 @@ arbiters that give them one DRAM port and one link port.
                  │                           │                      │ sram        │
                  │                           │                      v             │
                  │                           │                 SramArbiter ──> NeTile (COMPUTE)
-  dram <── AxiArbiter <── CP, DMA x 3        │                                    │
+  dram <── AxiArbiter <── CP, DMA x 3, bus_in│                                    │
   link <── AxiArbiter <── CP, DMA x 3, heads x 4 ──────────────────────────────────┘
 ```
 
@@ -47,6 +47,9 @@ class Device(wiring.Component):
         To the device DRAM.
     link : ``Out(AxiSignature)``
         To the link: bus addresses (host memory, peers, MSIs).
+    bus_in : ``In(AxiSignature)``
+        From the link: the host's and peers' accesses to this device's DRAM (its BAR2),
+        addresses relative to the DRAM; one more master on the DRAM arbiter.
     stopped : ``Out(1)``
         The device is FAULT or HALTED.
     """
@@ -58,7 +61,7 @@ class Device(wiring.Component):
         self._dmas = [DmaEngine(params) for _ in DMA_ENGINES]
         self._heads = EngineHeads(params, window_layout=WindowLayout,
                                   link_axi=self._cp.link_axi)
-        self._dram_arbiter = AxiArbiter(self._cp.dram_axi, 1 + len(DMA_ENGINES))
+        self._dram_arbiter = AxiArbiter(self._cp.dram_axi, 2 + len(DMA_ENGINES))
         self._link_arbiter = AxiArbiter(self._cp.link_axi, 1 + len(DMA_ENGINES) + len(Engine))
         self._sram_arbiter = SramArbiter(self._tile.dma_port_signature, len(DMA_ENGINES))
         super().__init__({
@@ -66,6 +69,7 @@ class Device(wiring.Component):
             "mmio_rdata": Out(stream.Signature(64)),
             "dram": Out(AxiSignature(self._dram_arbiter.slave_params)),
             "link": Out(AxiSignature(self._link_arbiter.slave_params)),
+            "bus_in": In(AxiSignature(self._cp.dram_axi)),
             "stopped": Out(1),
         })
 
@@ -120,6 +124,7 @@ class Device(wiring.Component):
         connect(m, cp.dram, dram_arbiter.masters[0])
         for i, dma in enumerate(dmas):
             connect(m, dma.dram, dram_arbiter.masters[1 + i])
+        connect(m, wiring.flipped(self.bus_in), dram_arbiter.masters[1 + len(dmas)])
         connect(m, dram_arbiter.slave, wiring.flipped(self.dram))
         link_masters = [cp.link] + [dma.link for dma in dmas] + \
             [heads.port("link", e) for e in Engine]

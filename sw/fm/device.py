@@ -462,7 +462,7 @@ class Device:
             if addr + n > self.dram.size:
                 raise DeviceFault(ErrorCode.DMA_WINDOW, f"dram[{addr:#x}, {addr + n:#x}) past DRAM")
             return self.dram, addr
-        return self.system.bus_target(self, addr, n)
+        return self.system.bus_target(self, addr, n, write)
 
     def _plan_dma(self, name, c):
         """Check a DMA completely (:mod:`.dma` says what, in which order) and list its rows
@@ -486,8 +486,8 @@ class Device:
         for row in rows:
             spaces = (row.src_space, row.dst_space)
             if row.n:
-                smem, sa = self._memory(row.src_space, row.src, row.n)
-                dmem, da = self._memory(row.dst_space, row.dst, row.n)
+                smem, sa = self._memory(row.src_space, row.src, row.n, write=False)
+                dmem, da = self._memory(row.dst_space, row.dst, row.n, write=True)
                 plan.copies.append(_Copy(smem, sa, dmem, da, row.n))
         plan.bytes = len(plan.copies) * row_bytes
         plan.cycles = timing.dma_cycles(
@@ -496,13 +496,13 @@ class Device:
             table_entries=len(entries) if name in ("DMA_GATHER", "DMA_SCATTER") else None)
         return plan
 
-    def _memory(self, space, addr, n):
+    def _memory(self, space, addr, n, write):
         """The memory object and local address of a row inside an extent already checked."""
         if space == Space.SRAM:
             return self.sram, addr
         if space == Space.DRAM:
             return self.dram, addr
-        return self.system.bus_target(self, addr, n)
+        return self.system.bus_target(self, addr, n, write)
 
 
 def _reg_op(op, x, y):

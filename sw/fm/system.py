@@ -17,7 +17,7 @@ from .fault import DeviceFault
 from .kernel import Kernel
 from .memory import SparseMemory
 
-__all__ = ["System", "BusMap", "DeviceError", "RING_BYTES"]
+__all__ = ["System", "BusMap", "DeviceError", "LostWrites", "RING_BYTES"]
 
 #: Size of the command ring the host sets up in each device's DRAM (at its top).
 RING_BYTES = 64 * 1024
@@ -52,6 +52,17 @@ class DeviceError(RuntimeError):
         super().__init__(f"device {device}: {self.code.name} at command {offset:#x}: {message}")
 
 
+class LostWrites:
+    """Where lost posted writes go: counts them and their bytes."""
+
+    def __init__(self):
+        self.count, self.bytes = 0, 0
+
+    def write(self, addr, data):
+        self.count += 1
+        self.bytes += len(bytes(data))
+
+
 class System:
     """``n_devices`` devices with ``params`` behind one switch, and the host.
 
@@ -64,6 +75,7 @@ class System:
         self.kernel = Kernel()
         self.host = SparseMemory(bus.host_bytes)
         self.interrupts = []  #: (cycle, device, vector) in arrival order
+        self.lost_writes = LostWrites()  #: posted writes nobody received
         self.devices = [Device(self, i, params) for i in range(n_devices)]
         self._seq = 0
         rw = regmap.WINDOW_READ | regmap.WINDOW_WRITE | regmap.WINDOW_LINK
@@ -99,16 +111,26 @@ class System:
                     return kind, d, local
         return None
 
-    def _check_link(self, requester, hit, addr):
-        """LINK_TIMEOUT when the requester's link, or the target device's, is down."""
-        target_down = hit is not None and hit[1] is not None and not self.devices[hit[1]].link_up
-        if not requester.link_up or target_down:
-            raise DeviceFault(ErrorCode.LINK_TIMEOUT, f"link down on the way to {addr:#x}")
+    def _lost(self, hit):
+        """A write to ``hit`` is lost on the way, as PCIe loses posted writes: nobody claims
+        the address, or the target device's link is down."""
+        return hit is None or (hit[1] is not None and not self.devices[hit[1]].link_up)
 
-    def bus_target(self, requester, addr, n):
-        """Memory object and local address of a DMA's link-space range."""
+    def bus_target(self, requester, addr, n, write=False):
+        """Memory object and local address of a DMA's link-space range.
+
+        Reads fail: LINK_TIMEOUT when either end's link is down (no completion ever comes),
+        LINK_UNSUPPORTED when nothing claims the address. Writes are posted: only the
+        requester's own link being down is an error; a write nobody claims, or one to a
+        device whose link is down, is lost (counted in :attr:`lost_writes`), never reported.
+        """
         hit = self._decode(addr, n)
-        self._check_link(requester, hit, addr)
+        if not requester.link_up:
+            raise DeviceFault(ErrorCode.LINK_TIMEOUT, f"link down on the way to {addr:#x}")
+        if write and (self._lost(hit) or hit[0] not in ("host", "dram")):
+            return self.lost_writes, 0
+        if hit is not None and hit[1] is not None and not self.devices[hit[1]].link_up:
+            raise DeviceFault(ErrorCode.LINK_TIMEOUT, f"link down on the way to {addr:#x}")
         if hit is None or hit[0] not in ("host", "dram"):
             raise DeviceFault(ErrorCode.LINK_UNSUPPORTED,
                               f"no memory at bus [{addr:#x}, {addr + n:#x})")
@@ -116,11 +138,14 @@ class System:
         return (self.host if kind == "host" else self.devices[d].dram), local
 
     def post_write(self, requester, addr, data):
-        """A posted write (remote semaphore increment, MSI) arriving after the link latency."""
+        """A posted write (remote semaphore increment, MSI) arriving after the link latency;
+        lost as :meth:`bus_target` says."""
         hit = self._decode(addr, len(data))
-        self._check_link(requester, hit, addr)
-        if hit is None:
-            raise DeviceFault(ErrorCode.LINK_UNSUPPORTED, f"no target at bus address {addr:#x}")
+        if not requester.link_up:
+            raise DeviceFault(ErrorCode.LINK_TIMEOUT, f"link down on the way to {addr:#x}")
+        if self._lost(hit):
+            self.lost_writes.write(0, data)
+            return
         kind, d, local = hit
         value = int.from_bytes(data, "little")
 

@@ -600,6 +600,20 @@ def test_unmapped_bus_address_is_unsupported():
     expect_fault(s, ErrorCode.LINK_UNSUPPORTED)
 
 
+def test_posted_writes_nobody_claims_are_lost_not_reported():
+    """As on PCIe: a write to an unclaimed bus address, or a remote signal to a device whose
+    link is down, is dropped on the way; the writer goes on."""
+    s = System(2)
+    s.grant(0, 4, 0x50_0000_0000, 0x1000, regmap.WINDOW_WRITE | regmap.WINDOW_LINK)
+    s.devices[1].link_up = False
+    run(s, {0: [copy(Space.DRAM, 0x2000, Space.LINK, 0, 64, engine=Engine.LINK, dst_reg=20),
+                Command("SEM_SIGNAL", engine=Engine.LINK, sem=2, amount=1, remote=True,
+                        peer_reg=21)]},
+        regs={0: {20: 0x50_0000_0000, 21: s.bus.mmio(1)}})
+    assert (s.lost_writes.count, s.lost_writes.bytes) == (2, 64 + 8)
+    assert s.devices[1].sems[2] == 0
+
+
 def test_fault_stops_queue_until_reset():
     s = System()
     d = s.devices[0]
