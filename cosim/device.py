@@ -80,9 +80,8 @@ class DeviceHost:
         dut.rst.value = 1
         dut.mmio__valid.value = 0
         dut.mmio_rdata__ready.value = 1
-        for port in ("dram_backdoor", "host_backdoor"):
-            for name in ("load", "dump"):
-                getattr(dut, f"{port}__{name}").value = 0
+        self.dram.idle()
+        self.host.idle()
         await ClockCycles(dut.clk, 3)
         dut.rst.value = 0
         await FallingEdge(dut.clk)

@@ -86,6 +86,11 @@ class DramBackdoor:
         self.path = Path(hexfile) if os.path.isabs(hexfile) else Path.cwd() / hexfile
         self.timeout_ns = timeout_ns
 
+    def idle(self):
+        """Hold both pulses low (before the first clock edge of a reset)."""
+        self.load_port.value = 0
+        self.dump_port.value = 0
+
     def _beats(self, addr, length):
         """The beats covering bytes ``[addr, addr + length)``: (first, count)."""
         if addr < 0 or length < 0:
