@@ -13,11 +13,15 @@ import enum
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In, Out, connect
 
+from ..hw.axi import AxiParams, AxiSignature
+from ..hw.link.completer import Completer
 from ..hw.link.tlp import Kind, KIND_FMT_TYPE, hdr_get, hdr_set, tlp_beat
+from ..hw.link.tlp_stream import TlpMerge, TlpSplit
 
-__all__ = ["HostOp", "HOST_REQUEST", "HOST_RESPONSE", "HostRequester", "InterruptCollector"]
+__all__ = ["HostOp", "HOST_REQUEST", "HOST_RESPONSE", "HostRequester", "InterruptCollector",
+           "RootComplex"]
 
 
 class HostOp(enum.IntEnum):
@@ -71,35 +75,40 @@ class HostRequester(wiring.Component):
         r = Signal(HOST_REQUEST)
         tag = Signal(8)
 
-        # the request as header + payload bytes
+        # the request as header + payload bytes, registered when the request is taken (a
+        # constant assigned alone to part of a combinational signal is never evaluated by
+        # Verilator, so the header is not built combinationally)
         hdr = Signal(8 * _HDR_BYTES)
         four_dw = Signal()
-        is_mem = r.op <= HostOp.MEM_WRITE
         has_data = (r.op == HostOp.MEM_WRITE) | (r.op == HostOp.CFG_WRITE)
-        m.d.comb += four_dw.eq(is_mem & (r.addr[32:] != 0))
-        kinds = {HostOp.MEM_READ: (Kind.MRD32, Kind.MRD64),
-                 HostOp.MEM_WRITE: (Kind.MWR32, Kind.MWR64),
-                 HostOp.CFG_READ: (Kind.CFGRD0, Kind.CFGRD0),
-                 HostOp.CFG_WRITE: (Kind.CFGWR0, Kind.CFGWR0)}
-        with m.Switch(r.op):
-            for op, (k32, k64) in kinds.items():
-                with m.Case(op):
-                    (f32, t32), (f64, t64) = KIND_FMT_TYPE[k32], KIND_FMT_TYPE[k64]
-                    m.d.comb += hdr_set(hdr, "fmt", Mux(four_dw, f64, f32))
-                    m.d.comb += hdr_set(hdr, "type", Mux(four_dw, t64, t32))
-        m.d.comb += hdr_set(hdr, "length", r.dws)
-        m.d.comb += hdr_set(hdr, "tag", tag)
-        m.d.comb += hdr_set(hdr, "first_be", Const(0xF, 4))
-        m.d.comb += hdr_set(hdr, "last_be", Mux(r.dws == 2, 0xF, 0))
-        with m.If(is_mem):
-            with m.If(four_dw):
-                m.d.comb += hdr_set(hdr, "addr_hi", r.addr[32:])
-                m.d.comb += hdr_set(hdr, "addr_lo", r.addr[2:32])
+
+        def build_header(q):
+            """Set ``hdr`` and ``four_dw`` (at the next edge) for request ``q``."""
+            is_mem = q.op <= HostOp.MEM_WRITE
+            wide = is_mem & (q.addr[32:] != 0)
+            kinds = {HostOp.MEM_READ: (Kind.MRD32, Kind.MRD64),
+                     HostOp.MEM_WRITE: (Kind.MWR32, Kind.MWR64),
+                     HostOp.CFG_READ: (Kind.CFGRD0, Kind.CFGRD0),
+                     HostOp.CFG_WRITE: (Kind.CFGWR0, Kind.CFGWR0)}
+            fmt, typ = Signal(3), Signal(5)
+            with m.Switch(q.op):
+                for op, (k32, k64) in kinds.items():
+                    with m.Case(op):
+                        (f32, t32), (f64, t64) = KIND_FMT_TYPE[k32], KIND_FMT_TYPE[k64]
+                        m.d.comb += [fmt.eq(Mux(wide, f64, f32)), typ.eq(Mux(wide, t64, t32))]
+            m.d.sync += [four_dw.eq(wide), hdr.eq(0)]
+            m.d.sync += hdr_set(hdr, "fmt", fmt) + hdr_set(hdr, "type", typ)
+            m.d.sync += hdr_set(hdr, "length", q.dws) + hdr_set(hdr, "tag", tag)
+            m.d.sync += hdr_set(hdr, "first_be", Const(0xF, 4))
+            m.d.sync += hdr_set(hdr, "last_be", Mux(q.dws == 2, 0xF, 0))
+            with m.If(~is_mem):
+                m.d.sync += hdr_set(hdr, "cfg_id", q.cfg_id) + hdr_set(hdr, "cfg_reg", q.cfg_reg)
+            with m.Elif(wide):
+                m.d.sync += hdr_set(hdr, "addr_hi", q.addr[32:]) + \
+                    hdr_set(hdr, "addr_lo", q.addr[2:32])
             with m.Else():
-                m.d.comb += hdr_set(hdr, "addr32", r.addr[2:32])
-        with m.Else():
-            m.d.comb += hdr_set(hdr, "cfg_id", r.cfg_id)
-            m.d.comb += hdr_set(hdr, "cfg_reg", r.cfg_reg)
+                m.d.sync += hdr_set(hdr, "addr32", q.addr[2:32])
+
         nbytes_out = Signal(range(_MAX_BYTES + 1))
         m.d.comb += nbytes_out.eq(Mux(four_dw, 16, 12) + Mux(has_data, 4 * r.dws, 0))
         beats_out = -(-_MAX_BYTES // W)
@@ -119,6 +128,7 @@ class HostRequester(wiring.Component):
                 m.d.comb += self.req.ready.eq(1)
                 with m.If(self.req.valid):
                     m.d.sync += [r.eq(self.req.payload), beat.eq(0), result.eq(0)]
+                    build_header(self.req.payload)
                     m.next = "SEND"
             with m.State("SEND"):
                 last = (beat + 1) * W >= nbytes_out
@@ -199,4 +209,75 @@ class InterruptCollector(wiring.Component):
                 for v in range(self.vectors):
                     with m.If(vector == v):
                         m.d.sync += self.per_vector[v].eq(self.per_vector[v] + 1)
+        return m
+
+
+def _route_from_link(m, beat):
+    """Where a TLP from the link goes: 0 completions (to the host requester), 1 messages
+    (interrupts), 2 requests (to host memory)."""
+    typ = hdr_get(beat.data, "type")
+    return Mux(typ == KIND_FMT_TYPE[Kind.CPL][1], 0,
+               Mux(typ == KIND_FMT_TYPE[Kind.MSGD][1], 1, 2))
+
+
+class RootComplex(wiring.Component):
+    """The host end of the link: host requests out, device requests to host memory served,
+    interrupts counted.
+
+    Members
+    -------
+    req, resp
+        As :class:`HostRequester`'s.
+    tlp_tx : ``Out(stream.Signature(tlp_beat(W)))``, tlp_rx : ``In(...)``
+        To and from the root port's data-link layer.
+    dl_up : ``In(1)``
+        The root port's data link is active; host requests wait for it.
+    mem : ``Out(AxiSignature(mem_params))``
+        Host memory (``bus.host_bytes`` at bus address 0).
+    irq_count, irq_per_vector
+        As :class:`InterruptCollector`'s ``count`` and ``per_vector``.
+    """
+
+    def __init__(self, params, bus, *, vectors):
+        self.params, self.bus, self.vectors = params, bus, vectors
+        W = params.link_bytes_per_cycle
+        self.mem_params = AxiParams(addr_width=(bus.host_bytes - 1).bit_length(),
+                                    data_bytes=params.dram_bytes_per_cycle, id_width=1)
+        self._completer = Completer(params, mem_axi=self.mem_params, config=False,
+                                    mem_window=(0, bus.host_bytes))
+        super().__init__({
+            "req": In(stream.Signature(HOST_REQUEST)),
+            "resp": Out(stream.Signature(HOST_RESPONSE)),
+            "tlp_tx": Out(stream.Signature(tlp_beat(W))),
+            "tlp_rx": In(stream.Signature(tlp_beat(W))),
+            "dl_up": In(1),
+            "mem": Out(AxiSignature(self.mem_params)),
+            "irq_count": Out(32),
+            "irq_per_vector": Out(data.ArrayLayout(32, vectors)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        W = p.link_bytes_per_cycle
+        m.submodules.requester = requester = HostRequester(p)
+        m.submodules.irq = irq = InterruptCollector(W, self.vectors)
+        m.submodules.completer = completer = self._completer
+        m.submodules.split = split = TlpSplit(W, 3, _route_from_link)
+        m.submodules.merge = merge = TlpMerge(W, 2)
+        # a request waits for the data link to be active (as enumeration waits for training)
+        m.d.comb += [requester.req.valid.eq(self.req.valid & self.dl_up),
+                     requester.req.payload.eq(self.req.payload),
+                     self.req.ready.eq(requester.req.ready & self.dl_up)]
+        connect(m, requester.resp, wiring.flipped(self.resp))
+        connect(m, wiring.flipped(self.tlp_rx), split.i)
+        connect(m, split.o0, requester.cpl_rx)
+        connect(m, split.o1, irq.msg_rx)
+        connect(m, split.o2, completer.tlp_rx)
+        connect(m, requester.tlp_tx, merge.i0)
+        connect(m, completer.tlp_tx, merge.i1)
+        connect(m, merge.o, wiring.flipped(self.tlp_tx))
+        connect(m, completer.mem, wiring.flipped(self.mem))
+        m.d.comb += [completer.completer_id.eq(0),   # the root complex is 00:00.0
+                     self.irq_count.eq(irq.count), self.irq_per_vector.eq(irq.per_vector)]
         return m
