@@ -132,7 +132,7 @@ class DwordBuffer(Elaboratable):
             wp, rp = mem.write_port(), mem.read_port()
             # the row bank k holds of the window starting at win_addr
             win_row = Signal(range(self.rows), name=f"win_row{k}")
-            m.d.comb += win_row.eq(row0 + (rot > k))
+            m.d.comb += win_row.eq(row0 + (rot > k) if k < nb - 1 else row0)
             if self.window_writes:
                 m.d.comb += wp.addr.eq(win_row)
                 with m.Switch(rot):
