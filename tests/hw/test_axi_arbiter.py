@@ -15,6 +15,7 @@ from amaranth.sim import Simulator
 
 from npusim.hw.axi import AxiParams
 from npusim.hw.axi_arbiter import AxiArbiter
+from pauses import never, pauses
 
 
 PARAMS = AxiParams(addr_width=16, data_bytes=4, id_width=2)
@@ -29,19 +30,6 @@ def read_data(addr):
 def write_data(master, addr):
     """What master ``master`` writes to the beat at byte ``addr``."""
     return (master << 24) ^ (addr * 40503) & 0xFFFF_FFFF
-
-
-def pauses(rng, busy):
-    """A pause generator: True for a cycle with no valid (or no ready)."""
-    while True:
-        probability = rng.choice([0.0, busy / 2, busy])
-        for _ in range(rng.randint(4, 24)):
-            yield rng.random() < probability
-
-
-def never():
-    while True:
-        yield False
 
 
 def bursts(rng, count, *, base):

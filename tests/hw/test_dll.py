@@ -26,6 +26,7 @@ from npusim.hw.link.dll import DataLinkLayer, rx_buffer_words
 from npusim.hw.link.tlp import (CplStatus, FcClass, Kind, Tlp, data_credits, decode,
                                 fc_class, link_packet, make_id, tlp_beat)
 from npusim.sw.params import HwParams
+from pauses import never, pauses
 
 #: A short replay timeout, so lost packets recover quickly in short runs.
 PARAMS = HwParams(link_replay_timeout=400, link_ack_latency=32)
@@ -61,19 +62,6 @@ def credits_of(raw):
     """(class, header credits, data credits) a TLP consumes, from the Python codec."""
     t = decode(raw)
     return fc_class(t.kind), 1, data_credits(len(t.payload) // 4) if t.has_data else 0
-
-
-def never():
-    while True:
-        yield False
-
-
-def pauses(rng, busy):
-    """True for a cycle with no valid (or no ready): bursts of pauses and of activity."""
-    while True:
-        probability = rng.choice([0.0, busy / 2, busy])
-        for _ in range(rng.randint(4, 40)):
-            yield rng.random() < probability
 
 
 # -- testbench parts -------------------------------------------------------------------------
@@ -345,7 +333,7 @@ class Link:
         a, b = self.pair.a, self.pair.b
 
         def pause(p):
-            return pauses(random.Random(rng.random()), p) if p else never()
+            return pauses(random.Random(rng.random()), p, longest=40) if p else never()
         self.ab = Channel(a.phy_tx, b.phy_rx, width, random.Random(rng.random()),
                           delay=delay, faults=faults, stall=pause(stall))
         self.ba = Channel(b.phy_tx, a.phy_rx, width, random.Random(rng.random()),

@@ -22,6 +22,7 @@ from npusim.hw.link.tlp import (CplStatus, Kind, MSG_VENDOR_TYPE1, Tlp, VENDOR_I
                                 make_id)
 from npusim.sw.fm.system import BusMap
 from npusim.sw.params import DEFAULT
+from pauses import never, pauses
 
 WIDTHS = [8, 16]
 BEAT = DEFAULT.dram_bytes_per_cycle
@@ -40,19 +41,6 @@ def mem_byte(addr):
 
 def mem_bytes(addr, n):
     return bytes(mem_byte(addr + i) for i in range(n))
-
-
-def pauses(rng, busy):
-    """True for a cycle with no valid (or no ready); bursts of calm and busy stretches."""
-    while True:
-        probability = rng.choice([0.0, busy / 2, busy])
-        for _ in range(rng.randint(4, 24)):
-            yield rng.random() < probability
-
-
-def never():
-    while True:
-        yield False
 
 
 def pause_gen(rng, busy):

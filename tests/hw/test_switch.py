@@ -22,25 +22,13 @@ from amaranth.sim import Simulator
 from npusim.hw.link.switch import SWITCH_DEVICE_ID, Switch
 from npusim.hw.link.tlp import VENDOR_ID, CplStatus, Kind, Tlp, decode, make_id
 from npusim.sw.params import HwParams
+from pauses import never, pauses
 
 PARAMS = HwParams()
 MAX_PAYLOAD = PARAMS.link_max_payload
 ROOT = make_id(0)
 SWITCH = "switch"        # the source of the completions the switch makes itself
 SHAPES = [(2, 8), (2, 16), (4, 8), (4, 16)]   # (downstream ports, beat bytes)
-
-
-def pauses(rng, busy):
-    """A pause generator: True for a cycle with no valid (or no ready)."""
-    while True:
-        probability = rng.choice([0.0, busy / 2, busy])
-        for _ in range(rng.randint(4, 24)):
-            yield rng.random() < probability
-
-
-def never():
-    while True:
-        yield False
 
 
 def to_beats(raw, width, sizes=None):
