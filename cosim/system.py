@@ -168,7 +168,15 @@ class SystemHost:
 
     async def start(self, device, launch):
         """Load a launch's memory regions into the device's DRAM, then make its register
-        writes over the link (doorbell last)."""
+        writes over the link (doorbell last). A launch whose doorbell would leave the ring
+        empty (recorded on a model whose ring is elsewhere) is refused, not left to hang."""
+        doorbell = regmap.OFFSET["RING_TAIL"]
+        tail = next(v for off, v in reversed(launch.writes) if off == doorbell)
+        head = await self.read(device, regmap.OFFSET["RING_HEAD"])
+        if tail == head:
+            raise ValueError(f"device {device}: the launch rings the doorbell at {tail:#x}, "
+                             f"where the ring's head already is: it would run nothing (was it "
+                             f"recorded on a model whose ring does not match the device's?)")
         for addr, data in launch.regions:
             await self.dram[device].load(addr, data)
         for offset, value in launch.writes:

@@ -66,7 +66,8 @@ class Bench:
 
 async def run_system(bench, streams, *, inputs=(), outputs=(), host_inputs=(),
                      host_outputs=(), regs=None):
-    """Run ``streams`` ({device: commands}) on the model and the RTL and compare.
+    """Run ``streams`` ({device: commands}) on the model and the RTL and compare (once per
+    reset: the model's rings start empty).
 
     ``inputs``/``outputs``: [(device, addr, bytes or length)] of DRAM loaded / compared (outputs
     zeroed first); ``host_inputs``/``host_outputs`` the same in host memory without a device;
@@ -195,6 +196,33 @@ def ring_exchange(size=0x1800, seed=5):
     host_in = rng.integers(0, 256, 0x400 * N, dtype=np.uint8).tobytes()
     return dict(streams=streams, inputs=inputs, outputs=outputs, regs=regs,
                 host_inputs=[(HOST_IN, host_in)], host_outputs=[(HOST_OUT, 0x400 * N)])
+
+
+def ring_exchange_part(commands, size=0x1800):
+    """:func:`ring_exchange` keeping only the commands at these indices (and the FENCE)."""
+    kw = ring_exchange(size=size)
+    kw["streams"] = {d: [c for i, c in enumerate(cmds) if i in commands]
+                     for d, cmds in kw["streams"].items()}
+    return kw
+
+
+@cocotb.test(timeout_time=100, timeout_unit="ms")
+async def peer_writes_and_remote_semaphores(dut):
+    """Each device writes 6 KiB into its right neighbour's DRAM (MWr through the switch,
+    device to device), then signals the neighbour's semaphore over the link and waits for its
+    left neighbour's signal: the data is there when the wait passes."""
+    bench = Bench(dut)
+    await bench.start()
+    await run_system(bench, **ring_exchange_part({0, 1, 2, 6}))
+
+
+@cocotb.test(timeout_time=100, timeout_unit="ms")
+async def peer_reads_both_ways_with_host_traffic(dut):
+    """Each device reads its left neighbour's DRAM (both directions at once: MRd and CplD
+    through the switch) while it reads host memory."""
+    bench = Bench(dut)
+    await bench.start()
+    await run_system(bench, **ring_exchange_part({3, 4, 6}))
 
 
 def link_totals(dut):

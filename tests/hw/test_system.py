@@ -22,7 +22,8 @@ TESTBENCH = Path(__file__).with_name("system_tb.py")
 #: signal and a peer read on the LINK queue with a host-memory read (DMA_IN) and write
 #: (DMA_OUT); it ends in LINK_TIMEOUT on device 0 (a read never completed), while every part
 #: of it alone, and each pair of flows, completes and matches the model. Left out until fixed.
-TESTCASES = ["enumeration_and_registers", "link_down_is_a_completion_timeout"]
+TESTCASES = ["enumeration_and_registers", "peer_writes_and_remote_semaphores",
+             "peer_reads_both_ways_with_host_traffic", "link_down_is_a_completion_timeout"]
 
 
 @pytest.mark.rtl
