@@ -16,6 +16,8 @@ records what the model's ``System.launch`` did, :meth:`SystemHost.start` replays
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, First, ReadOnly, Timer
 
+from ..hw.link.completer import BUS_MASTER, CFG_BAR0, CFG_BAR2, CFG_COMMAND, MEMORY_ENABLE
+from ..hw.link.switch import WINDOW_REGS
 from ..hw.link.tlp import CplStatus, make_id
 from ..sw import regmap
 from .device import Launch, model_launch
@@ -24,11 +26,13 @@ from .root_complex import HOST_REQUEST, HOST_RESPONSE, HostOp
 
 __all__ = ["SystemHost", "LinkError", "Launch", "model_launch", "CFG"]
 
-#: Configuration-space registers (byte offsets) the host uses, endpoint and switch port.
-CFG = {"ID": 0x00, "COMMAND": 0x04, "BAR0": 0x10, "BAR2": 0x18,
-       "MEM_BASE": 0x20, "MEM_LIMIT": 0x28, "PREF_BASE": 0x30, "PREF_LIMIT": 0x38}
-#: COMMAND register bits: memory space enable, bus master enable.
-MEMORY_ENABLE, BUS_MASTER = 1 << 1, 1 << 2
+#: Configuration-space registers (byte offsets) the host uses: the endpoint's
+#: (``hw/link/completer.py``) and a switch port's windows (``WINDOW_REGS`` of
+#: ``hw/link/switch.py``: memory base, memory limit, prefetchable base, limit; 64-bit each).
+_WINDOWS = 4 * WINDOW_REGS.start
+CFG = {"ID": 0x00, "COMMAND": CFG_COMMAND, "BAR0": CFG_BAR0, "BAR2": CFG_BAR2,
+       "MEM_BASE": _WINDOWS, "MEM_LIMIT": _WINDOWS + 8,
+       "PREF_BASE": _WINDOWS + 16, "PREF_LIMIT": _WINDOWS + 24}
 
 
 class LinkError(RuntimeError):

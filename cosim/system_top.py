@@ -24,17 +24,14 @@ from ..hw.dram import DramBackdoorSignature, DramModel
 from ..hw.link.endpoint import Endpoint
 from ..hw.link.port import LINK_STATS, Link, LinkPort
 from ..hw.link.switch import Switch
-from ..sw.fm.system import BusMap
-from ..sw.params import HwParams
+from .device_top import DEVICE_BUS, DEVICE_PARAMS
 from .root_complex import HOST_REQUEST, HOST_RESPONSE, RootComplex
 
 __all__ = ["SystemTop", "SYSTEM_PARAMS", "SYSTEM_BUS"]
 
-#: The system the tests and benchmarks simulate: 4x4-array devices with 64 KiB of
-#: scratchpad and 4 MiB of DRAM (the single-device tests' device), 16 MiB of host memory.
-SYSTEM_PARAMS = HwParams(array_rows=4, array_cols=4, vector_lanes=4, sram_bytes=64 * 1024,
-                         dram_bytes=1 << 22)
-SYSTEM_BUS = BusMap(host_bytes=1 << 24)
+#: The system the tests and benchmarks simulate: the single-device tests' device (4x4 array,
+#: 64 KiB scratchpad, 4 MiB DRAM) and bus map (16 MiB of host memory).
+SYSTEM_PARAMS, SYSTEM_BUS = DEVICE_PARAMS, DEVICE_BUS
 
 
 class SystemTop(wiring.Component):

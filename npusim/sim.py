@@ -1,7 +1,7 @@
 """``npusim sim``: the flagship simulation.
 
-Until the multi-device RTL system exists (the link and system issue; one device already runs
-whole streams in co-simulation), it runs the largest end-to-end path there is, on the
+Until the flagship runs on the multi-device RTL system (which already runs streams in
+co-simulation: ``tests/hw/test_system.py``), it runs the largest end-to-end path there is, on the
 functional model, and says so: a GEMM on one device and a row-parallel linear
 layer with an all-gather of partial sums over the link on N devices. Each result is checked bit
 for bit against the golden numerics and against a float64 reference within the bf16 bound.
@@ -33,8 +33,8 @@ def _check(example, system):
 
 
 def run_flagship(devices=2):
-    print("npusim sim: the multi-device RTL system is not built yet (the link and system issue),\n"
-          "so this runs the largest end-to-end path that exists: command streams on the\n"
+    print("npusim sim: the flagship does not run on the multi-device RTL system yet (its\n"
+          "issue), so this runs the largest end-to-end path that exists: command streams on the\n"
           "functional model.\n")
     ok = True
     for example, n in ((gemm(), 1), (tp_linear(devices=devices), devices)):

@@ -43,6 +43,7 @@ from npusim.sw.isa.enums import (
 from npusim.sw.isa.table import COMMAND_BYTES, HEADER_BYTES, NUM_REGS, NUM_SEMAPHORES
 from npusim.sw.params import HwParams
 from npusim.sw.regmap import DeviceState
+from memory_compare import first_difference
 
 PARAMS = HwParams(**json.loads(os.environ["DEVICE_TB_PARAMS"]))
 BUS = BusMap(host_bytes=int(os.environ["DEVICE_TB_HOST_BYTES"]))
@@ -98,16 +99,6 @@ def bf16(values):
 def command_address(index, prefix=2, stream=STREAM):
     """DRAM address of ``cmds[index]`` of a :func:`run_both` stream (after the SRAM load)."""
     return stream + HEADER_BYTES + (prefix + index) * COMMAND_BYTES
-
-
-def _first_difference(what, got, want, base):
-    if got == want:
-        return
-    first = next(i for i in range(len(want)) if got[i] != want[i])
-    count = sum(a != b for a, b in zip(got, want))
-    raise AssertionError(f"{what} [{base:#x}, +{len(want):#x}) differs in {count} bytes, first "
-                         f"at {base + first:#x}: RTL {got[first:first + 16].hex()} model "
-                         f"{want[first:first + 16].hex()}")
 
 
 class Bench:
@@ -276,19 +267,19 @@ async def run_both(dut, cmds, inputs, outputs, regs=None, expect=ErrorCode.OK, *
     if sram:
         regions.append((SRAM_DUMP, PARAMS.sram_bytes))
     for addr, n in regions:
-        _first_difference("DRAM", await host.dram.dump(addr, n), d.dram.read(addr, n).tobytes(),
+        first_difference("DRAM", await host.dram.dump(addr, n), d.dram.read(addr, n).tobytes(),
                           addr)
     for addr, n in host_outputs:
-        _first_difference("host memory", await host.host.dump(addr, n),
+        first_difference("host memory", await host.host.dump(addr, n),
                           system.host.read(addr, n).tobytes(), addr)
     for addr, n in intact:   # as loaded by the last region holding it
         base, data = next((b, x) for b, x in reversed(dram) if b <= addr and addr + n <= b + len(x))
-        _first_difference("intact DRAM", await host.dram.dump(addr, n),
+        first_difference("intact DRAM", await host.dram.dump(addr, n),
                           data[addr - base:addr - base + n], addr)
     if intact_sram:
         dump = await host.dram.dump(SRAM_DUMP, PARAMS.sram_bytes)
         for addr, n in intact_sram:
-            _first_difference("intact SRAM", dump[addr:addr + n], image[addr:addr + n], addr)
+            first_difference("intact SRAM", dump[addr:addr + n], image[addr:addr + n], addr)
     return system
 
 

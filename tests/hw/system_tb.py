@@ -25,6 +25,7 @@ from npusim.sw.isa.enums import Engine, ErrorCode, Space
 from npusim.sw.isa.table import NUM_REGS, NUM_SEMAPHORES
 from npusim.sw.params import HwParams
 from npusim.sw.regmap import DeviceState
+from memory_compare import first_difference
 
 PARAMS = HwParams(**json.loads(os.environ["SYSTEM_TB_PARAMS"]))
 BUS = BusMap(host_bytes=int(os.environ["SYSTEM_TB_HOST_BYTES"]))
@@ -40,16 +41,6 @@ TIMEOUT = 400_000
 def copy(engine, src, dst, length, src_space=Space.DRAM, dst_space=Space.DRAM, **fields):
     return Command("DMA_COPY", engine=engine, src_space=src_space, src_off=src,
                    dst_space=dst_space, dst_off=dst, len=length, n1=1, n2=1, **fields)
-
-
-def _first_difference(what, got, want, base):
-    if got == want:
-        return
-    first = next(i for i in range(len(want)) if got[i] != want[i])
-    count = sum(a != b for a, b in zip(got, want))
-    raise AssertionError(f"{what} [{base:#x}, +{len(want):#x}) differs in {count} bytes, first "
-                         f"at {base + first:#x}: RTL {got[first:first + 16].hex()} model "
-                         f"{want[first:first + 16].hex()}")
 
 
 class Bench:
@@ -116,10 +107,10 @@ async def run_system(bench, streams, *, inputs=(), outputs=(), host_inputs=(),
         await compare_state(host, system, d)
     for d, addr, n in outputs:
         n = n if isinstance(n, int) else len(n)
-        _first_difference(f"device {d} DRAM", await host.dram[d].dump(addr, n),
+        first_difference(f"device {d} DRAM", await host.dram[d].dump(addr, n),
                           system.devices[d].dram.read(addr, n).tobytes(), addr)
     for addr, n in host_outputs:
-        _first_difference("host memory", await host.host.dump(addr, n),
+        first_difference("host memory", await host.host.dump(addr, n),
                           system.host.read(addr, n).tobytes(), addr)
     return system
 
@@ -285,7 +276,7 @@ async def link_down_is_a_completion_timeout(dut):
     state, code = await settled_status(host, 0)
     assert (state, ErrorCode(code)) == (DeviceState.FAULT, ErrorCode.LINK_TIMEOUT)
     assert await host.read(0, R["ERROR_OFFSET"]) == dev.error_offset
-    _first_difference("device 0 DRAM", await host.dram[0].dump(OUT, 0x2000),
+    first_difference("device 0 DRAM", await host.dram[0].dump(OUT, 0x2000),
                       dev.dram.read(OUT, 0x2000).tobytes(), OUT)
     assert dut.stopped.value.to_unsigned() & 1
     dut.links_up.value = (1 << (N + 1)) - 1

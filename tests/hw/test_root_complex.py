@@ -173,8 +173,6 @@ def test_host_read_times_out():
     tb = HostTB(8, link_completion_timeout=300)
 
     async def bench(ctx):
-        start = ctx.get(tb.dut.tlp_tx.valid)
-        del start
         _, resp = await tb.request(ctx, HostOp.MEM_READ, addr=0x2000, limit=1000)
         assert resp.timeout == 1
         # the next request is served normally, and the late completion of the first is ignored
