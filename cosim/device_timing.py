@@ -25,7 +25,7 @@ from ..sw.isa.enums import Engine, Space
 from .device import model_launch
 from .device_top import DEVICE_BUS, DEVICE_PARAMS
 
-__all__ = ["TimedCase", "DEVICE_PARAMS", "DEVICE_BUS", "STREAM_ADDR", "RECORD_ADDR",
+__all__ = ["TimedCase", "DEVICE_PARAMS", "DEVICE_BUS", "STREAM_ADDR", "RECORD_ADDR", "record",
            "fm_run", "measure", "copy_case", "gather_case", "scatter_case", "ring_case", "control_case",
            "calibration_cases"]
 
@@ -49,10 +49,13 @@ class TimedCase:
     teardown: list = field(default_factory=list)
 
     def stream(self):
-        def record(i):
-            return Command("COMPLETE", dst_space=Space.DRAM, dst_off=RECORD_ADDR + 16 * i,
-                           seq=i)
         return [*self.setup, record(0), *self.cmds, record(1), *self.teardown]
+
+
+def record(i, base=RECORD_ADDR):
+    """The COMPLETE writing timing record ``i`` (16 bytes at ``base + 16 i`` in DRAM; it waits
+    for every engine, then stamps the cycle)."""
+    return Command("COMPLETE", dst_space=Space.DRAM, dst_off=base + 16 * i, seq=i)
 
 
 def fm_run(case, params=DEVICE_PARAMS, bus=DEVICE_BUS):

@@ -77,7 +77,7 @@ DEFAULT_SEMS = tuple(range(32, 32 + N_SEMS))   # clear of the GEMM kernel's 0..7
 _ELEM = 4                   # fp32
 _MAX_PIECE = 65535          # elements: VECTOR's cols field
 _MAX_COPY = 1 << 19         # bytes per DMA of a local copy (DMA_COPY.len is 20 bits)
-_CANDIDATE_PIECES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)   # pieces per chunk the planner tries
+_SLOT_SIZES = 16            # the planner tries link_max_payload << 0 .. 15
 _MIN_SLOT = 512             # bytes: smaller pieces are all overhead
 
 
@@ -225,8 +225,10 @@ def _plan(kind, p, n, count, src, dst, root, recv, stage, work, slot_bytes, recv
         _check(plan)
         return plan
     best, error = None, None
-    slots = {_ELEM * ceil(longest / m) for m in _CANDIDATE_PIECES
-             if m == 1 or _ELEM * longest / m >= _MIN_SLOT}
+    # pieces of a power of two times the max payload (the last piece takes the rest): full
+    # link TLPs and burst-aligned DMAs, which the hardware moves faster than ragged ones
+    slots = {min(_ELEM * longest, p.link_max_payload << k) for k in range(_SLOT_SIZES)}
+    slots = {b for b in slots if b >= min(_MIN_SLOT, _ELEM * longest)}
     for slot_bytes in sorted(slots, reverse=True):
         plan = replace(base, slot_bytes=slot_bytes)
         try:
@@ -296,16 +298,10 @@ def chunks(count, n):
 
 
 def _pieces(first, size, slot_elems):
-    """A chunk's pieces ``[(first element, elements)]``, as even as possible, none empty."""
-    if size == 0:
-        return []
-    m = ceil(size / slot_elems)
-    out, at = [], first
-    for i in range(m):
-        n = size // m + (i < size % m)
-        out.append((at, n))
-        at += n
-    return out
+    """A chunk's pieces ``[(first element, elements)]``: ``slot_elems`` each, the last one
+    the rest; none empty."""
+    return [(at, min(slot_elems, first + size - at))
+            for at in range(first, first + size, slot_elems)]
 
 
 @dataclass(frozen=True)
@@ -498,13 +494,17 @@ def _device_ops(plan, d):
 @lru_cache(maxsize=64)
 def _simulate(plan):
     """Run every device's queues on estimated costs (the functional model's DMA and VECTOR
-    timing, ``link_latency`` per remote signal; the command processor's dispatch is left out).
+    timing; a remote signal arrives ``link_latency`` after it leaves and not before the data
+    its device's last link DMA wrote, as on the model; the command processor's dispatch is
+    left out).
 
     Returns each device's operations ordered by estimated start time, and the estimated
     cycles.
     Each step starts the queue head that can start earliest (start times never decrease), so
     a wait is placed after every signal it needs: an order free of deadlock."""
     n, lat = plan.n_devices, plan.params.link_latency
+    data_lands = timing.link_write_arrival(plan.params)
+    posted = [[] for _ in range(n)]  # per device: (answered, lands) of each link DMA
     ops = [_device_ops(plan, d) for d in range(n)]
     heads = {(d, e): 0 for d in range(n) for e in Engine}
     free = dict.fromkeys(heads, 0)
@@ -541,9 +541,15 @@ def _simulate(plan):
         free[d, e] = end
         end_time = max(end_time, end)
         order[d].append(op)
+        if op.name == "DMA_COPY" and op.fields["dst_space"] == Space.LINK:
+            posted[d].append((end, end + data_lands))
         if op.signal is not None:
             to, role, remote = op.signal
-            arrivals[to, role].append(end + (lat if remote else 0))
+            arrival = end
+            if remote:   # behind the data of the link DMAs answered before it
+                arrival = max([end + lat] + [lands + 1 for done, lands in posted[d]
+                                             if done <= end])
+            arrivals[to, role].append(arrival)
             if (to, role) in blocked:
                 arm(to, blocked.pop((to, role)))
         arm(d, e)

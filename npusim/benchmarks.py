@@ -16,8 +16,9 @@ from pathlib import Path
 from .sw.isa.enums import DType
 from .sw.params import HwParams
 
-__all__ = ["BENCHMARKS", "GEMM_ARRAYS", "bench_dma", "bench_fm_speed", "bench_gemm",
-           "bench_gemm_dram", "bench_paged", "gemm_shapes", "run_benchmarks"]
+__all__ = ["BENCHMARKS", "GEMM_ARRAYS", "bench_allreduce", "bench_dma", "bench_fm_speed",
+           "bench_gemm", "bench_gemm_dram", "bench_latency", "bench_link", "bench_paged",
+           "bench_simspeed", "gemm_shapes", "run_benchmarks"]
 
 
 def bench_fm_speed():
@@ -302,8 +303,141 @@ def bench_gemm_dram():
             **_run_summary(run)}
 
 
+def _system_cases(cases, n):
+    """Run system cases on the ``n``-device RTL system (``cosim/system_timing.py``): ``(rows,
+    run, cycles_per_second)``, the speed over the timed parts of every case."""
+    from .cosim.system_timing import measure
+    rows, run = measure(cases, n)
+    wall = sum(r["wall_s"] for r in rows)
+    return rows, run, (round(sum(r["cycles"] for r in rows) / wall) if wall else None)
+
+
+def _system_summary(run, speed):
+    from .cosim.system_top import SYSTEM_PARAMS
+    print(f"rtl cycles/s {speed:,}; build {run['build_seconds']:.1f} s "
+          f"({'cached' if run['cached'] else 'built'}), simulation "
+          f"{run['simulation_seconds']:.1f} s")
+    return {"rtl_cycles_per_second": speed, "build_seconds": round(run["build_seconds"], 1),
+            "cached": run["cached"], "simulation_seconds": round(run["simulation_seconds"], 1),
+            "params": SYSTEM_PARAMS.as_dict()}
+
+
+def bench_link():
+    """Link payload throughput on the 2-device RTL system: device 0 writes 64 KiB and 256 KiB
+    into device 1's DRAM (MWr through the switch) and signals it; each span runs from device
+    0's start to device 1 seeing the signal (so every byte has arrived). ``efficiency`` is the
+    steady-state rate -- the extra bytes over the extra cycles between the two sizes -- as a
+    fraction of the raw lane bandwidth (``link_bytes_per_cycle``); the end-to-end fractions,
+    fixed costs included, are reported beside it."""
+    from .cosim.system_timing import peer_write_case
+    from .cosim.system_top import SYSTEM_PARAMS as p
+    from .sw.fm.timing import link_efficiency
+    sizes = (65536, 262144)
+    rows, run, speed = _system_cases([peer_write_case(n) for n in sizes], 2)
+    raw = p.link_bytes_per_cycle
+    print(f"{'transfer':<22} {'bytes':>7} {'cycles':>7} {'B/cycle':>8} {'of raw':>7} "
+          f"{'FM cycles':>9}")
+    out = []
+    for n, r in zip(sizes, rows):
+        out.append({"transfer": r["name"], "bytes": n, "cycles": r["rtl"],
+                    "efficiency_end_to_end": round(n / r["rtl"] / raw, 4), "fm_cycles": r["fm"]})
+        print(f"{r['name']:<22} {n:>7} {r['rtl']:>7} {n / r['rtl']:>8.2f} "
+              f"{100 * n / r['rtl'] / raw:>6.1f}% {r['fm']:>9}")
+    steady = (sizes[1] - sizes[0]) / (rows[1]["rtl"] - rows[0]["rtl"]) / raw
+    ceiling = link_efficiency(p)
+    print(f"steady state {100 * steady:.1f}% of {raw} B/cycle raw (protocol ceiling "
+          f"{100 * ceiling:.1f}% at {p.link_max_payload} B payloads)")
+    return {"efficiency": round(steady, 4), "protocol_ceiling": round(ceiling, 4),
+            "raw_bytes_per_cycle": raw, "rows": out, **_system_summary(run, speed)}
+
+
+def bench_allreduce():
+    """Ring all-reduce bus bandwidth on the RTL system, n = 2 and 4 devices: the largest
+    fp32 vector the 64 KiB scratchpad holds with its staging slots (32 KiB), in place;
+    busbw = S / t * 2 (n - 1) / n (nccl-tests), t the span from the first device starting to
+    the last finishing, as a fraction of the link's raw bandwidth per direction. The
+    functional model's estimate for the same plan, and for larger vectors (which the test
+    system's scratchpad cannot hold), is printed beside it."""
+    from .cosim.system_timing import allreduce_case, fm_run
+    from .cosim.system_top import SYSTEM_BUS, SYSTEM_PARAMS as p
+    from .sw.fm.system import System
+    raw = p.link_bytes_per_cycle
+    count = 8192
+    figures, rows_out, runs = {}, [], []
+    for n in (2, 4):
+        rows, run, speed = _system_cases([allreduce_case(n, count)], n)
+        r = rows[0]
+        nbytes = 4 * count
+
+        def fraction(cycles):
+            return nbytes / cycles * 2 * (n - 1) / n / raw
+        figures[f"busbw_fraction_n{n}"] = round(fraction(r["rtl"]), 4)
+        rows_out.append({"devices": n, "bytes": nbytes, "cycles": r["rtl"],
+                         "busbw_fraction": round(fraction(r["rtl"]), 4), "fm_cycles": r["fm"],
+                         "fm_busbw_fraction": round(fraction(r["fm"]), 4),
+                         "slot_bytes": r["info"]["slot_bytes"], "rtl_cycles_per_second": speed})
+        runs.append(run)
+    print(f"{'devices':>7} {'bytes':>7} {'cycles':>7} {'busbw':>7} {'FM cycles':>9} {'FM busbw':>8}")
+    for row in rows_out:
+        print(f"{row['devices']:>7} {row['bytes']:>7} {row['cycles']:>7} "
+              f"{100 * row['busbw_fraction']:>6.1f}% {row['fm_cycles']:>9} "
+              f"{100 * row['fm_busbw_fraction']:>7.1f}%")
+    # the model, calibrated to the RTL, for vectors beyond the test scratchpad
+    big = p.replace(sram_bytes=4 << 20, dram_bytes=16 << 20)
+    estimates = {}
+    for n in (2, 4):
+        for nbytes in (1 << 18, 1 << 20):
+            system = System(n, big, bus=SYSTEM_BUS)
+            case = allreduce_case(n, nbytes // 4, params=big)
+            _, records, _ = fm_run(system, case)
+            est = nbytes / case.span(records) * 2 * (n - 1) / n / raw
+            estimates[f"n{n}_{nbytes >> 10}KiB"] = round(est, 4)
+    print("functional-model estimates with a larger scratchpad: "
+          + ", ".join(f"{k} {100 * v:.1f}%" for k, v in estimates.items()))
+    speed = rows_out[0]["rtl_cycles_per_second"]
+    return {**figures, "rows": rows_out, "fm_estimates_large": estimates,
+            **_system_summary(runs[0], speed)}
+
+
+def bench_latency():
+    """Small-message latency on the 2-device RTL system, in cycles: a host register write
+    (from the host handing it to its root complex to the device's next command after the
+    semaphore wait it releases: link, switch, register block, wake-up), and a remote
+    semaphore signal (one way: from one device's SEM_SIGNAL to the other's command after the
+    wait it releases; half a ping-pong round)."""
+    from .cosim.system_timing import ping_pong_case
+    rounds = 16
+    rows, run, speed = _system_cases([ping_pong_case(rounds)], 2)
+    r = rows[0]
+    mmio = [r["rtl_records"][d][0] - r["rtl_go"][d] for d in (0, 1)]
+    signal = r["rtl"] / (2 * rounds)
+    fm_signal = r["fm"] / (2 * rounds)
+    print(f"host register write -> device reacts: {mmio} cycles (devices 0, 1)")
+    print(f"remote semaphore, one way: {signal:.1f} cycles (model {fm_signal:.1f}); "
+          f"{rounds} ping-pong rounds in {r['rtl']} cycles")
+    return {"latency_cycles_mmio_write": round(sum(mmio) / len(mmio), 1),
+            "latency_cycles_remote_semaphore": round(signal, 1),
+            "fm_latency_cycles_remote_semaphore": round(fm_signal, 1),
+            **_system_summary(run, speed)}
+
+
+def bench_simspeed():
+    """RTL simulation speed of the 2-device system (Verilator, cocotb sleeping between host
+    events) running a ring all-reduce stream: simulated cycles per wall-clock second from the
+    release to the last interrupt."""
+    from .cosim.system_timing import allreduce_case
+    rows, run, speed = _system_cases([allreduce_case(2, 8192)] * 3, 2)
+    per_run = [round(r["cycles"] / r["wall_s"]) for r in rows]
+    print(f"{'run':>3} {'cycles':>7} {'wall s':>7} {'cycles/s':>9}")
+    for i, r in enumerate(rows):
+        print(f"{i:>3} {r['cycles']:>7} {r['wall_s']:>7.2f} {per_run[i]:>9,}")
+    return {"cycles_per_second": speed, "runs": per_run, **_system_summary(run, speed)}
+
+
 BENCHMARKS = {"fm-speed": bench_fm_speed, "gemm": bench_gemm, "dma": bench_dma,
-              "paged": bench_paged, "gemm-dram": bench_gemm_dram}
+              "paged": bench_paged, "gemm-dram": bench_gemm_dram, "link": bench_link,
+              "allreduce": bench_allreduce, "latency": bench_latency,
+              "simspeed": bench_simspeed}
 
 
 def run_benchmarks(name, record=None):

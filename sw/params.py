@@ -52,7 +52,11 @@ class HwParams:
     link_lanes: int = 2
     link_bytes_per_lane: int = 4       #: bytes per lane per cycle
     link_wire_latency: int = 32        #: cycles a flit spends on the wire, per hop and direction
-    link_latency: int = 150            #: one-way latency through the switch (model estimate)
+    # the functional model's link timing, fitted to the RTL system (docs/hw/link.md, "Timing";
+    # tests/hw/test_system_timing.py)
+    link_latency: int = 105            #: one-way trip of a small posted write (a remote signal)
+    link_tlp_forward: int = 180        #: what a max-payload TLP adds to a trip (store and forward)
+    link_post_latency: int = 50        #: a posted link write's last beat to its write response
     link_max_payload: int = 256        #: max TLP payload (bytes)
     link_max_read_request: int = 512   #: max read request (bytes)
     link_tlp_overhead: int = 24        #: framing + header + LCRC bytes per TLP

@@ -45,9 +45,11 @@ DoneLayout = data.StructLayout({"error": ErrorShape})
 #: so they never cross a 4 KiB boundary. ``HwParams.dma_burst_beats`` (the functional model's
 #: timing counts bursts); the engine refuses any other value.
 BURST_BEATS = DEFAULT.dma_burst_beats
-#: Source beats buffered between the reader and the realigner (2 KiB at 32 B/beat); a read is
-#: issued only when its beats have room, so read data is never back-pressured.
-DATA_FIFO_BEATS = 64
+#: Source beats buffered between the reader and the realigner (8 KiB at 32 B/beat); a read is
+#: issued only when its beats have room, so read data is never back-pressured. It bounds the
+#: bytes in flight, so it must cover a read's round trip at full rate: over the link (about 600
+#: cycles to a peer and back at 8 B/cycle) 2 KiB held a peer read to half the link's rate.
+DATA_FIFO_BEATS = 256
 #: Bursts and buffer of the block-table / slot-mapping reader.
 TABLE_BURST_BEATS = 4
 TABLE_FIFO_BEATS = 8
@@ -56,8 +58,8 @@ ROW_QUEUE_DEPTH = 16
 #: Write bursts in flight (address accepted, response not yet received).
 MAX_WRITE_BURSTS = 16
 #: Largest piece of a row moved at once when a command's source and destination overlap
-#: (read completely, then written): one beat less than the data FIFO.
-SERIAL_CHUNK_BEATS = DATA_FIFO_BEATS - 1
+#: (read completely, then written; less than the data FIFO).
+SERIAL_CHUNK_BEATS = 63
 #: AXI ID width of both master ports (the engine uses ID 0 only).
 ID_WIDTH = 1
 

@@ -7,13 +7,18 @@ arbiters that give them one DRAM port and one link port.
                  │                           │                      │ sram        │
                  │                           │                      v             │
                  │                           │                 SramArbiter ──> NeTile (COMPUTE)
-  dram <── AxiArbiter <── CP, DMA x 3, bus_in│                                    │
+  dram <── AxiArbiter <── CP, bus_in,        │                                    │
+                          DMA x 3 via WriteBuffers                                │
   link <── AxiArbiter <── CP, DMA x 3, heads x 4 ──────────────────────────────────┘
 ```
 
 Every DMA-capable queue (DMA_IN, DMA_OUT, LINK) has its own DMA engine, so the three run
 concurrently, as the functional model's engine queues do; the COMPUTE queue feeds the NE tile.
-See ``docs/hw/device.md``.
+A DMA engine issues a DRAM write burst before it has the data (which may still be on its way
+over the link), so each reaches the DRAM arbiter through a :class:`~..axi_write_buffer.WriteBuffer`
+that holds the address until the burst's data is in: otherwise the arbiter's write channel
+would wait for the link, and a peer's write into this DRAM (``bus_in``) queued ahead of that
+link data would wait for the arbiter -- a deadlock. See ``docs/hw/device.md``.
 """
 
 from amaranth.hdl import Module
@@ -25,9 +30,10 @@ from ...sw.isa.table import DMA_ENGINES
 from ...sw.params import DEFAULT
 from ..axi import AxiSignature
 from ..axi_arbiter import AxiArbiter
+from ..axi_write_buffer import WriteBuffer
 from ..ne.tile import NeTile
 from .cp import CommandProcessor, Mmio
-from .dma import DmaEngine
+from .dma import BURST_BEATS, DmaEngine
 from .windows import WindowLayout
 from .heads import EngineHeads
 from .sram_arbiter import SramArbiter
@@ -59,6 +65,9 @@ class Device(wiring.Component):
         self._cp = CommandProcessor(params, window_layout=WindowLayout)
         self._tile = NeTile(params)
         self._dmas = [DmaEngine(params) for _ in DMA_ENGINES]
+        # room for two bursts: one fills while the other drains
+        self._write_buffers = [WriteBuffer(self._cp.dram_axi, beats=2 * BURST_BEATS)
+                               for _ in DMA_ENGINES]
         self._heads = EngineHeads(params, window_layout=WindowLayout,
                                   link_axi=self._cp.link_axi)
         self._dram_arbiter = AxiArbiter(self._cp.dram_axi, 2 + len(DMA_ENGINES))
@@ -122,8 +131,10 @@ class Device(wiring.Component):
             connect(m, dma.sram, sram_arbiter.masters[i])
         connect(m, sram_arbiter.port, tile.dma)
         connect(m, cp.dram, dram_arbiter.masters[0])
-        for i, dma in enumerate(dmas):
-            connect(m, dma.dram, dram_arbiter.masters[1 + i])
+        for i, (dma, buffer) in enumerate(zip(dmas, self._write_buffers)):
+            m.submodules[f"write_buffer_{DMA_ENGINES[i].name.lower()}"] = buffer
+            connect(m, dma.dram, buffer.master)
+            connect(m, buffer.slave, dram_arbiter.masters[1 + i])
         connect(m, wiring.flipped(self.bus_in), dram_arbiter.masters[1 + len(dmas)])
         connect(m, dram_arbiter.slave, wiring.flipped(self.dram))
         link_masters = [cp.link] + [dma.link for dma in dmas] + \

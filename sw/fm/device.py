@@ -62,6 +62,7 @@ class _DmaPlan:
     copies: list = field(default_factory=list)
     cycles: int = 0
     bytes: int = 0
+    link_write: bool = False     # it writes over the link
 
     def execute(self):
         for c in self.copies:
@@ -375,7 +376,7 @@ class Device:
             mem.write(local, record)
             # the command processor waits for the record's write response
             p = self.params
-            yield (p.dram_latency if r["dst_space"] == Space.DRAM else 2 * p.link_latency) \
+            yield (p.dram_latency if r["dst_space"] == Space.DRAM else p.link_post_latency) \
                 + p.cp_record_overhead
             if c["irq"]:
                 self.system.post_write(self, self.msi_addr, c["vector"].to_bytes(4, "little"))
@@ -417,6 +418,8 @@ class Device:
                     plan = self._plan_dma(cmd.name, c)
                     yield plan.cycles
                     plan.execute()
+                    if plan.link_write:
+                        self.system.link_dma_answered(self)
                     st.bytes += plan.bytes
                 else:
                     yield timing.compute_cycles(p, cmd.name, c)
@@ -490,6 +493,7 @@ class Device:
                 dmem, da = self._memory(row.dst_space, row.dst, row.n, write=True)
                 plan.copies.append(_Copy(smem, sa, dmem, da, row.n))
         plan.bytes = len(plan.copies) * row_bytes
+        plan.link_write = bool(plan.copies) and spaces[1] == Space.LINK
         plan.cycles = timing.dma_cycles(
             p, spaces[0], spaces[1], len(plan.copies), row_bytes,
             segments=timing.dma_segments(name, c, rows),

@@ -3,7 +3,9 @@
 Bus addresses (what a ``LINK``-space DMA address means) follow the BAR windows the host assigns,
 as a root complex would: host memory at 0, each device's MMIO registers (BAR0) and DRAM (BAR2)
 in windows of their own, and an MSI doorbell page. A posted write (remote semaphore signal, MSI)
-arrives ``link_latency`` cycles after it leaves, in order per source.
+arrives ``link_latency`` cycles after it leaves, and never before the data of a DMA the same
+device wrote over the link earlier (``timing.link_write_arrival`` after that DMA was answered):
+posted writes stay in order per source.
 """
 
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from .device import Device
 from .fault import DeviceFault
 from .kernel import Kernel
 from .memory import SparseMemory
+from .timing import link_write_arrival
 
 __all__ = ["System", "BusMap", "DeviceError", "LostWrites", "RING_BYTES"]
 
@@ -78,6 +81,7 @@ class System:
         self.lost_writes = LostWrites()  #: posted writes nobody received
         self.devices = [Device(self, i, params) for i in range(n_devices)]
         self._seq = 0
+        self._posted_data = [0] * n_devices   # when each device's last link DMA data lands
         rw = regmap.WINDOW_READ | regmap.WINDOW_WRITE | regmap.WINDOW_LINK
         for d in self.devices:
             d.mmio_write(regmap.OFFSET["RING_BASE"], params.dram_bytes - RING_BYTES)
@@ -156,7 +160,14 @@ class System:
                 self.devices[d].mmio_write(local, value)
             else:
                 (self.host if kind == "host" else self.devices[d].dram).write(local, data)
-        self.kernel.call_at(self.kernel.now + self.params.link_latency, deliver)
+        arrival = max(self.kernel.now + self.params.link_latency,
+                      self._posted_data[requester.index] + 1)
+        self.kernel.call_at(arrival, deliver)
+
+    def link_dma_answered(self, requester):
+        """``requester``'s DMA wrote over the link and was answered now: its data lands
+        :func:`~.timing.link_write_arrival` later (posted writes after it wait for that)."""
+        self._posted_data[requester.index] = self.kernel.now + link_write_arrival(self.params)
 
     # -- host-side helpers -----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from ..numerics import OPERANDS
 from .dma import extents
 
 __all__ = ["dma_cycles", "dma_segments", "dram_bursts", "compute_cycles", "link_efficiency",
+           "link_read_latency", "link_write_arrival",
            "DMA_MERGE_MAX_BYTES", "DMA_TABLE_BUFFER"]
 
 #: The DMA engine merges a gather's or scatter's rows (:func:`dma_segments`) only when a whole
@@ -41,12 +42,38 @@ def _bandwidth(p, space):
     return p.link_bytes_per_cycle * link_efficiency(p)
 
 
-def _latency(p, src, dst):
+def link_read_latency(p):
+    """A link read's first data: the request's trip, the far end's DRAM read, and the
+    completion's trip (a max-payload TLP)."""
+    return 2 * p.link_latency + p.link_tlp_forward + p.dram_latency
+
+
+def link_write_arrival(p):
+    """From a DMA's last link write being answered (handed on, ``link_post_latency``) to its
+    data being in the far end's DRAM: the max-payload TLP's trip and the DRAM write. A posted
+    write the same device sends later (a remote signal) arrives no earlier: posted writes stay
+    in order."""
+    return p.link_latency + p.link_tlp_forward + p.dram_latency
+
+
+def _latency(p, src, dst, first_burst):
     """Read latency of the source (to the first beat) plus the write-response latency of the
-    destination (after the last beat): the DMA engine is done when every write is answered."""
-    lat = {Space.SRAM: 1, Space.DRAM: p.dram_latency, Space.LINK: 2 * p.link_latency}[src]
-    lat += {Space.SRAM: 0, Space.DRAM: p.dram_latency, Space.LINK: p.link_latency}[dst]
+    destination (after the last beat): the DMA engine is done when every write is answered.
+    A DRAM write burst leaves only once its ``first_burst`` beats are all buffered (the
+    device's write buffer, ``docs/hw/axi.md``), which delays the whole stream by them; a
+    posted link write is answered once handed on."""
+    lat = {Space.SRAM: 1, Space.DRAM: p.dram_latency, Space.LINK: link_read_latency(p)}[src]
+    lat += {Space.SRAM: 0, Space.DRAM: p.dram_latency + first_burst,
+            Space.LINK: p.link_post_latency}[dst]
     return lat
+
+
+def _first_burst(p, dst, n):
+    """Beats of the first DRAM burst writing ``n`` bytes at ``dst``: up to the next multiple
+    of ``dma_burst_beats``."""
+    word, burst = p.dram_bytes_per_cycle, p.dma_burst_beats
+    first, end = dst // word, -(-(dst + n) // word)
+    return min(end, (first // burst + 1) * burst) - first
 
 
 def dram_bursts(p, addr, n):
@@ -104,6 +131,9 @@ def dma_cycles(p, src_space, dst_space, rows, row_bytes, *, src_offset=0, dst_of
                   checks + writes)
         writes = beats + segments * dma_row_overhead
 
+    The destination's write latency into DRAM includes the beats of the first burst: the
+    device's write buffer holds each burst's address until its data is in.
+
     A segment's beats are the larger of its source and destination beats (from its offsets in
     the word; with ``rows``, those of ``src_offset`` and ``dst_offset`` for every row), and
     ``beats`` their sum. The second term of the inner ``max`` is the DRAM port's bound when
@@ -122,7 +152,10 @@ def dma_cycles(p, src_space, dst_space, rows, row_bytes, *, src_offset=0, dst_of
     """
     word = p.dram_bytes_per_cycle
     bw = min(_bandwidth(p, src_space), _bandwidth(p, dst_space))
+    first_burst = 0
     if segments is not None:
+        if segments and dst_space == Space.DRAM:
+            first_burst = _first_burst(p, segments[0][1], segments[0][2])
         rows = len(segments)
         beats = sum(max(ceil((s % word + n) / bw), ceil((d % word + n) / bw))
                     for s, d, n in segments)
@@ -131,6 +164,8 @@ def dma_cycles(p, src_space, dst_space, rows, row_bytes, *, src_offset=0, dst_of
                           for side, space in enumerate((src_space, dst_space))
                           if space == Space.DRAM] or [0])
     elif rows and row_bytes:
+        if dst_space == Space.DRAM:
+            first_burst = _first_burst(p, dst_offset, row_bytes)
         row_beats = max(ceil((src_offset % word + row_bytes) / bw),
                         ceil((dst_offset % word + row_bytes) / bw))
         beats = rows * row_beats
@@ -153,7 +188,7 @@ def dma_cycles(p, src_space, dst_space, rows, row_bytes, *, src_offset=0, dst_of
     stream = writes
     if Space.DRAM in (src_space, dst_space):
         stream = max(writes, (bursts * p.dram_latency + beats) / p.dram_outstanding)
-    return round(p.dma_setup + _latency(p, src_space, dst_space)
+    return round(p.dma_setup + _latency(p, src_space, dst_space, first_burst)
                  + max(table + stream, checks + writes))
 
 

@@ -17,6 +17,8 @@ import os
 import cocotb
 import numpy as np
 from npusim.cosim.system import SystemHost, model_launch
+from npusim.firmware import collectives as col
+from npusim.firmware.collectives import Buffer
 from npusim.sw import regmap
 from npusim.hw.link.port import LINK_STATS
 from npusim.sw.fm.system import BusMap, System
@@ -35,6 +37,8 @@ R = regmap.OFFSET
 STREAM = 0x8000            #: each device's stream
 IN, OUT = 0x140000, 0x180000   #: DRAM inputs and outputs
 HOST_IN, HOST_OUT = 0x10000, 0x20000
+RECV = 0x200000            #: the collectives' receive slots (DRAM)
+WORK, STAGE = 0x0000, 0xC000   #: and their SRAM work area and staging slots
 TIMEOUT = 400_000
 
 
@@ -243,6 +247,67 @@ async def bit_flips_are_replayed(dut):
     seen = {name: after[name] - before[name] for name in after}
     dut._log.info(f"with bit flips: {seen}")
     assert seen["flips"] > 0 and seen["replays"] > 0 and seen["bad_tlps"] > 0, seen
+
+
+def collective(kind, count, *, in_place=False, root=0, seed=1):
+    """Every device runs collective ``kind`` on its own random fp32 vector of ``count``
+    elements in DRAM (``IN``; into ``OUT``, or in place): keyword arguments of
+    :func:`run_system` that compare the results, the receive slots and the semaphores."""
+    src = Buffer.dram(IN)
+    dst = src if in_place else Buffer.dram(OUT)
+    if kind == "broadcast":
+        plan = col.plan_broadcast(PARAMS, N, count, src, dst, root=root, recv=RECV)
+    else:
+        planner = col.plan_allreduce if kind == "allreduce" else col.plan_reduce
+        plan = planner(PARAMS, N, count, src, dst, recv=RECV, stage=STAGE, work=WORK,
+                       **({} if kind == "allreduce" else {"root": root}))
+    kernel = {"allreduce": col.ring_allreduce, "broadcast": col.broadcast,
+              "reduce": col.reduce}[kind]
+    rng = np.random.default_rng(seed)
+    nbytes = 4 * count
+    inputs = [(d, IN, rng.standard_normal(count).astype(np.float32).tobytes())
+              for d in range(N)]
+    # compared after the run (the inputs are loaded over the zeros of their region)
+    outputs = [(d, addr, n) for d in range(N)
+               for addr, n in ((RECV, plan.recv_slots * plan.slot_bytes), (IN, nbytes),
+                               *(() if in_place else ((OUT, nbytes),)))]
+    streams = {d: kernel(plan, d) for d in range(N)}
+    regs = {d: col.ring_registers(plan, d, BUS) for d in range(N)}
+    return dict(streams=streams, inputs=inputs, outputs=outputs, regs=regs)
+
+
+@cocotb.test(timeout_time=200, timeout_unit="ms")
+async def allreduce_out_of_place(dut):
+    """Ring all-reduce (reduce-scatter + all-gather over peer writes and remote semaphores)
+    of 4099 fp32 elements: every device's result, receive slots and semaphores equal the
+    model's bit for bit."""
+    bench = Bench(dut)
+    await bench.start()
+    await run_system(bench, **collective("allreduce", 4099))
+
+
+@cocotb.test(timeout_time=200, timeout_unit="ms")
+async def allreduce_in_place(dut):
+    """The same, in place, with an element count that leaves the chunks uneven."""
+    bench = Bench(dut)
+    await bench.start()
+    await run_system(bench, **collective("allreduce", 1001, in_place=True, seed=2))
+
+
+@cocotb.test(timeout_time=200, timeout_unit="ms")
+async def broadcast_from_the_last_device(dut):
+    """Broadcast from device N-1 along the chain, out of place."""
+    bench = Bench(dut)
+    await bench.start()
+    await run_system(bench, **collective("broadcast", 3000, root=N - 1, seed=3))
+
+
+@cocotb.test(timeout_time=200, timeout_unit="ms")
+async def reduce_to_device_0(dut):
+    """Reduce to device 0 along the chain 1 -> ... -> 0, out of place."""
+    bench = Bench(dut)
+    await bench.start()
+    await run_system(bench, **collective("reduce", 2500, seed=4))
 
 
 @cocotb.test(timeout_time=200, timeout_unit="ms")

@@ -1,7 +1,8 @@
 # amaranth: UnusedElaboratable=no
 """The multi-device system in Verilator (``cosim/system_top.py``) against the functional
 model: enumeration through the switch, registers over the link, peer-to-peer DMA, remote
-semaphores and host-memory traffic (``system_tb.py``).
+semaphores, host-memory traffic, bit flips on every link, a link going down, and the ring
+collectives of ``firmware/collectives.py`` (``system_tb.py``).
 
 One build per device count and one ``run()`` for its cocotb tests. Two devices run in the
 default suite; four are ``slow``.
@@ -17,13 +18,12 @@ from npusim.cosim.system_top import SYSTEM_BUS, SYSTEM_PARAMS, SystemTop
 from npusim.cosim.verilator_flow import build, run
 
 TESTBENCH = Path(__file__).with_name("system_tb.py")
-#: The cocotb tests that run. Pending (issue 5): peer_to_peer_and_remote_semaphores and
-#: bit_flips_are_replayed. Their stream mixes, on both devices at once, peer writes, a remote
-#: signal and a peer read on the LINK queue with a host-memory read (DMA_IN) and write
-#: (DMA_OUT); it ends in LINK_TIMEOUT on device 0 (a read never completed), while every part
-#: of it alone, and each pair of flows, completes and matches the model. Left out until fixed.
+#: The cocotb tests that run.
 TESTCASES = ["enumeration_and_registers", "peer_writes_and_remote_semaphores",
-             "peer_reads_both_ways_with_host_traffic", "link_down_is_a_completion_timeout"]
+             "peer_reads_both_ways_with_host_traffic", "peer_to_peer_and_remote_semaphores",
+             "bit_flips_are_replayed", "allreduce_out_of_place", "allreduce_in_place",
+             "broadcast_from_the_last_device", "reduce_to_device_0",
+             "link_down_is_a_completion_timeout"]
 
 
 @pytest.mark.rtl
