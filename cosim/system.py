@@ -18,7 +18,7 @@ from cocotb.triggers import ClockCycles, FallingEdge, First, ReadOnly, Timer
 
 from ..hw.link.completer import BUS_MASTER, CFG_BAR0, CFG_BAR2, CFG_COMMAND, MEMORY_ENABLE
 from ..hw.link.switch import WINDOW_REGS
-from ..hw.link.tlp import CplStatus, make_id
+from ..hw.link.tlp import CplStatus, make_id, tlp_beat, to_beats
 from ..sw import regmap
 from .device import Launch, model_launch
 from .dram import DramBackdoor
@@ -74,6 +74,7 @@ class SystemHost:
         dut.rst.value = 1
         dut.req__valid.value = 0
         dut.resp__ready.value = 0
+        dut.inject__valid.value = 0
         dut.links_up.value = (1 << (self.n + 1)) - 1
         for k in range(self.n + 1):
             getattr(dut, f"flip_rate__{k}").value = 0
@@ -185,6 +186,16 @@ class SystemHost:
             await self.dram[device].load(addr, data)
         for offset, value in launch.writes:
             await self.write(device, offset, value)
+
+    async def inject(self, raw, limit_cycles=1000):
+        """Send the bytes ``raw`` (whole dwords) as one TLP from the root complex's side, as
+        they are: framed and protected correctly by the data-link layer, whatever they say."""
+        dut, layout = self.dut, tlp_beat(self.params.link_bytes_per_cycle)
+        for data, dws, last in to_beats(raw, self.params.link_bytes_per_cycle):
+            dut.inject__payload.value = _pack(layout, data=data, dws=dws, last=last)
+            dut.inject__valid.value = 1
+            await self._until(lambda: dut.inject__ready.value, limit_cycles, "TLP not taken")
+        dut.inject__valid.value = 0
 
     def irqs(self, vector=None):
         """Interrupts received so far (of one ``vector``)."""

@@ -152,6 +152,8 @@ IN, OUT = 0x100000, 0x200000
 PEER_DATA, PEER_MMIO = 20, 21
 #: The semaphore the point-to-point cases signal.
 SIGNAL_SEM = 5
+#: Longest DMA_COPY the cases issue (its ``len`` field has 20 bits).
+_MAX_COPY = 1 << 19
 
 
 def _data(n, seed=1):
@@ -220,14 +222,16 @@ def allreduce_case(n, count, params=SYSTEM_PARAMS, bus=SYSTEM_BUS, seed=1, slot_
     for d in range(n):
         inputs += [(d, OUT, rng.standard_normal(count).astype(np.float32).tobytes()),
                    (d, IN, bytes(plan.recv_slots * plan.slot_bytes))]
-    load = Command("DMA_COPY", engine=Engine.DMA_IN, src_space=Space.DRAM, src_off=OUT,
-                   dst_space=Space.SRAM, dst_off=0, len=nbytes, n1=1, n2=1)
-    store = Command("DMA_COPY", engine=Engine.DMA_OUT, src_space=Space.SRAM, src_off=0,
-                    dst_space=Space.DRAM, dst_off=OUT, len=nbytes, n1=1, n2=1)
+    pieces = [(at, min(_MAX_COPY, nbytes - at)) for at in range(0, nbytes, _MAX_COPY)]
+    load = [Command("DMA_COPY", engine=Engine.DMA_IN, src_space=Space.DRAM, src_off=OUT + at,
+                    dst_space=Space.SRAM, dst_off=at, len=n, n1=1, n2=1) for at, n in pieces]
+    store = [Command("DMA_COPY", engine=Engine.DMA_OUT, src_space=Space.SRAM, src_off=at,
+                     dst_space=Space.DRAM, dst_off=OUT + at, len=n, n1=1, n2=1)
+             for at, n in pieces]
     return SystemCase(
         f"all-reduce n={n} {nbytes} B, {plan.slot_bytes} B pieces", {d: col.ring_allreduce(plan, d) for d in range(n)},
         inputs, {d: col.ring_registers(plan, d, bus) for d in range(n)},
         [(d, OUT, nbytes) for d in range(n)],
         {"kind": "allreduce", "devices": n, "bytes": nbytes, "slot_bytes": plan.slot_bytes,
          "recv_slots": plan.recv_slots},
-        setup={d: [load] for d in range(n)}, teardown={d: [store] for d in range(n)})
+        setup={d: load for d in range(n)}, teardown={d: store for d in range(n)})

@@ -24,6 +24,8 @@ from ..hw.dram import DramBackdoorSignature, DramModel
 from ..hw.link.endpoint import Endpoint
 from ..hw.link.port import LINK_STATS, Link, LinkPort
 from ..hw.link.switch import Switch
+from ..hw.link.tlp import tlp_beat
+from ..hw.link.tlp_stream import TlpMerge
 from .device_top import DEVICE_BUS, DEVICE_PARAMS
 from .root_complex import HOST_REQUEST, HOST_RESPONSE, RootComplex
 
@@ -60,6 +62,10 @@ class SystemTop(wiring.Component):
         link ``k``, ``2k + 1`` the switch's end.
     malformed, unsupported : ``Out(32)``
         TLPs the switch dropped as malformed, and requests nobody claimed.
+    inject : ``In(stream.Signature(tlp_beat(W)))``
+        Raw TLPs sent from the root complex's side as they are (merged whole with its own):
+        the data-link layer frames them correctly, so malformed ones reach the switch, which
+        must drop them.
     """
 
     def __init__(self, n, params=SYSTEM_PARAMS, bus=SYSTEM_BUS):
@@ -79,6 +85,7 @@ class SystemTop(wiring.Component):
             "link_stats": Out(LINK_STATS).array(2 * (n + 1)),
             "malformed": Out(32),
             "unsupported": Out(32),
+            "inject": In(stream.Signature(tlp_beat(params.link_bytes_per_cycle))),
         })
 
     def elaborate(self, platform):
@@ -112,7 +119,10 @@ class SystemTop(wiring.Component):
         connect(m, wiring.flipped(self.host_backdoor), host.backdoor)
         connect(m, wiring.flipped(self.req), rc.req)
         connect(m, rc.resp, wiring.flipped(self.resp))
-        connect(m, rc.tlp_tx, rc_port.tlp_tx)
+        m.submodules.rc_merge = rc_merge = TlpMerge(p.link_bytes_per_cycle, 2)
+        connect(m, rc.tlp_tx, rc_merge.i0)
+        connect(m, wiring.flipped(self.inject), rc_merge.i1)
+        connect(m, rc_merge.o, rc_port.tlp_tx)
         connect(m, rc_port.tlp_rx, rc.tlp_rx)
         connect(m, up_port.tlp_rx, switch.up_rx)
         connect(m, switch.up_tx, up_port.tlp_tx)

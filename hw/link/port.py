@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out, connect
 
 from .dll import DataLinkLayer
 from .phy import Phy, Wire
-from .tlp import tlp_beat
+from .tlp import MAX_PAYLOAD_BYTES, tlp_beat
 
 __all__ = ["LinkPort", "Link", "LINK_STATS"]
 
@@ -59,7 +59,11 @@ class LinkPort(wiring.Component):
         m = Module()
         p = self.params
         m.submodules.dll = dll = DataLinkLayer(p)
-        m.submodules.phy = phy = Phy(p.link_bytes_per_cycle, max_payload=p.link_max_payload)
+        # The physical layer frames any TLP a length field can describe; a payload over
+        # link_max_payload is the transaction layer's to refuse (malformed, at the switch or
+        # the completer), as in PCIe. Were it a framing error, the sender, never Acked, would
+        # replay it forever.
+        m.submodules.phy = phy = Phy(p.link_bytes_per_cycle, max_payload=MAX_PAYLOAD_BYTES)
         connect(m, wiring.flipped(self.tlp_tx), dll.tlp_tx)
         connect(m, dll.tlp_rx, wiring.flipped(self.tlp_rx))
         connect(m, dll.phy_tx, phy.packets_tx)

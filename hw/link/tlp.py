@@ -37,8 +37,9 @@ from amaranth.hdl import Cat, Const
 from amaranth.lib import data
 
 __all__ = ["Kind", "KIND_FMT_TYPE", "CplStatus", "FIELDS", "VENDOR_ID", "MSG_VENDOR_TYPE1",
-           "MalformedTlp", "Tlp", "decode", "header_dws", "fc_class", "FcClass",
+           "MalformedTlp", "Tlp", "decode", "header_dws", "fc_class", "FcClass", "to_beats",
            "hdr_get", "hdr_set", "tlp_beat", "link_packet", "data_credits", "CREDIT_BYTES",
+           "MAX_PAYLOAD_BYTES",
            "make_id", "split_id"]
 
 #: Vendor ID in our configuration spaces and interrupt messages (made up, not PCI-SIG's).
@@ -47,6 +48,8 @@ VENDOR_ID = 0x4E50
 MSG_VENDOR_TYPE1 = 0x7F
 #: Bytes per flow-control data credit (PCIe: 4 dwords).
 CREDIT_BYTES = 16
+#: The largest payload a TLP's length field describes (1024 dwords).
+MAX_PAYLOAD_BYTES = 4096
 
 
 class Kind(enum.Enum):
@@ -304,6 +307,14 @@ def tlp_beat(width_bytes):
     """One beat of a TLP stream ``width_bytes`` wide (see the module docstring)."""
     return data.StructLayout({"data": 8 * width_bytes,
                               "dws": range(width_bytes // 4 + 1), "last": 1})
+
+
+def to_beats(raw, width_bytes):
+    """``(data, dws, last)`` of each :func:`tlp_beat` carrying the TLP bytes ``raw`` (a whole
+    number of dwords), for drivers in Python."""
+    return [(int.from_bytes(raw[k:k + width_bytes], "little"),
+             len(raw[k:k + width_bytes]) // 4, k + width_bytes >= len(raw))
+            for k in range(0, len(raw), width_bytes)]
 
 
 def link_packet(width_bytes):

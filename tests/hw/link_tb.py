@@ -3,14 +3,9 @@ receive whole TLPs as bytes, with random stalls."""
 
 import random
 
+from npusim.hw.link.tlp import to_beats
 
-def beats(raw, width):
-    """(data, dws, last) of each beat of TLP bytes ``raw``."""
-    out = []
-    for k in range(0, len(raw), width):
-        chunk = raw[k:k + width]
-        out.append((int.from_bytes(chunk, "little"), len(chunk) // 4, k + width >= len(raw)))
-    return out
+beats = to_beats     # (data, dws, last) of each beat of TLP bytes ``raw``
 
 
 async def send_tlp(ctx, port, raw, width, rng=None, stall=0.0):

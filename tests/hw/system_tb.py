@@ -16,11 +16,13 @@ import os
 
 import cocotb
 import numpy as np
+from cocotb.triggers import ClockCycles, FallingEdge
 from npusim.cosim.system import SystemHost, model_launch
 from npusim.firmware import collectives as col
 from npusim.firmware.collectives import Buffer
 from npusim.sw import regmap
 from npusim.hw.link.port import LINK_STATS
+from npusim.hw.link.tlp import Kind, Tlp
 from npusim.sw.fm.system import BusMap, System
 from npusim.sw.isa import Command, encode_stream
 from npusim.sw.isa.enums import Engine, ErrorCode, Space
@@ -345,3 +347,45 @@ async def link_down_is_a_completion_timeout(dut):
                       dev.dram.read(OUT, 0x2000).tobytes(), OUT)
     assert dut.stopped.value.to_unsigned() & 1
     dut.links_up.value = (1 << (N + 1)) - 1
+
+
+@cocotb.test(timeout_time=50, timeout_unit="ms")
+async def malformed_tlps_are_dropped_and_counted(dut):
+    """Malformed TLPs sent from the root complex's side over a good link -- an unknown type, a
+    length field that disagrees with the payload, a payload over the maximum, a write across
+    a 4 KiB boundary -- are dropped and counted by the switch, and none of them touches device
+    0's DRAM; a well-formed write sent the same way afterwards lands."""
+    bench = Bench(dut)
+    await bench.start()
+    host = bench.host
+    base = BUS.dram(0) + OUT
+    image = await host.dram[0].dump(OUT, 0x2000)
+
+    def mwr(addr, payload):
+        return bytearray(Tlp(Kind.MWR64, addr=addr, payload=payload, last_be=0xF).encode())
+
+    payload = bytes(range(1, 65))
+    unknown = mwr(base, payload)
+    unknown[0] = 0b011 << 5 | 0b11011           # fmt 4DW with data, a reserved type
+    short = mwr(base, payload)
+    short[3] += 4                               # length says 4 dwords more than it carries
+    oversize = mwr(base, bytes(PARAMS.link_max_payload + 4))
+    straddle = mwr(base + 4096 - 32, payload)   # crosses a 4 KiB boundary
+    malformed = dut.malformed.value.to_unsigned()
+    for name, raw in (("unknown type", unknown), ("short", short), ("oversize", oversize),
+                      ("straddle", straddle)):
+        counted = dut.malformed.value.to_unsigned()
+        await host.inject(bytes(raw))
+        await ClockCycles(dut.clk, 500)
+        await FallingEdge(dut.clk)
+        assert dut.malformed.value.to_unsigned() == counted + 1, \
+            f"{name}: not counted as malformed; link ends {link_totals(dut)}"
+    assert dut.malformed.value.to_unsigned() - malformed == 4
+    first_difference("device 0 DRAM", await host.dram[0].dump(OUT, 0x2000), image, OUT)
+
+    await host.inject(bytes(mwr(base + 0x100, payload)))
+    await ClockCycles(dut.clk, 2000)
+    await FallingEdge(dut.clk)
+    assert await host.dram[0].dump(OUT + 0x100, len(payload)) == payload
+    assert dut.malformed.value.to_unsigned() - malformed == 4
+    assert await host.status(0) == (DeviceState.IDLE, 0)

@@ -1,7 +1,8 @@
 # amaranth: UnusedElaboratable=no
 """The multi-device system in Verilator (``cosim/system_top.py``) against the functional
 model: enumeration through the switch, registers over the link, peer-to-peer DMA, remote
-semaphores, host-memory traffic, bit flips on every link, a link going down, and the ring
+semaphores, host-memory traffic, bit flips on every link, a link going down, malformed TLPs
+dropped at the switch, and the ring
 collectives of ``firmware/collectives.py`` (``system_tb.py``).
 
 One build per device count and one ``run()`` for its cocotb tests. Two devices run in the
@@ -23,7 +24,7 @@ TESTCASES = ["enumeration_and_registers", "peer_writes_and_remote_semaphores",
              "peer_reads_both_ways_with_host_traffic", "peer_to_peer_and_remote_semaphores",
              "bit_flips_are_replayed", "allreduce_out_of_place", "allreduce_in_place",
              "broadcast_from_the_last_device", "reduce_to_device_0",
-             "link_down_is_a_completion_timeout"]
+             "link_down_is_a_completion_timeout", "malformed_tlps_are_dropped_and_counted"]
 
 
 @pytest.mark.rtl
