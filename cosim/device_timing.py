@@ -26,6 +26,7 @@ from .device import model_launch
 from .device_top import DEVICE_BUS, DEVICE_PARAMS
 
 __all__ = ["TimedCase", "DEVICE_PARAMS", "DEVICE_BUS", "STREAM_ADDR", "RECORD_ADDR", "record",
+           "model_records",
            "fm_run", "measure", "copy_case", "gather_case", "scatter_case", "ring_case", "control_case",
            "calibration_cases"]
 
@@ -52,6 +53,12 @@ class TimedCase:
         return [*self.setup, record(0), *self.cmds, record(1), *self.teardown]
 
 
+def model_records(device, count=2, base=RECORD_ADDR):
+    """The ``cycles`` fields of a model device's first ``count`` timing records."""
+    return [int(device.dram.read(base + 16 * i + 8, 8).view(np.uint64)[0])
+            for i in range(count)]
+
+
 def record(i, base=RECORD_ADDR):
     """The COMPLETE writing timing record ``i`` (16 bytes at ``base + 16 i`` in DRAM; it waits
     for every engine, then stamps the cycle)."""
@@ -70,8 +77,7 @@ def fm_run(case, params=DEVICE_PARAMS, bus=DEVICE_BUS):
     if d.error_code:
         raise AssertionError(f"{case.name}: the model stops with {d.error_code.name}: "
                              f"{d.error_message}")
-    records = [int(d.dram.read(RECORD_ADDR + 16 * i + 8, 8).view(np.uint64)[0])
-               for i in range(2)]
+    records = model_records(d)
     checks = {addr: d.dram.read(addr, n).tobytes() for addr, n in case.checks}
     return launch, records, checks
 

@@ -34,7 +34,7 @@ from ..sw.isa import Command, encode_stream
 from ..sw.isa.enums import Engine, Space
 from ..sw.isa.table import NUM_SEMAPHORES
 from .device import model_launch
-from .device_timing import RECORD_ADDR, STREAM_ADDR, record
+from .device_timing import RECORD_ADDR, STREAM_ADDR, model_records, record
 from .system_top import SYSTEM_BUS, SYSTEM_PARAMS
 
 __all__ = ["SystemCase", "GO_SEM", "STREAM_ADDR", "RECORD_ADDR", "fm_run", "measure",
@@ -70,11 +70,6 @@ class SystemCase:
         return max(r[1] for r in records.values()) - min(r[0] for r in records.values())
 
 
-def _records(dev):
-    return tuple(int(dev.dram.read(RECORD_ADDR + 16 * i + 8, 8).view(np.uint64)[0])
-                 for i in range(2))
-
-
 def fm_run(system, case):
     """Run ``case`` on ``system`` (a model ``System``, left as the case leaves it): ``(launches,
     records, checks)`` -- the launch per device for the RTL, ``{device: (record 0, record
@@ -95,7 +90,7 @@ def fm_run(system, case):
             raise AssertionError(f"{case.name}: device {d} stops with {dev.error_code.name}: "
                                  f"{dev.error_message}")
     system.check()
-    records = {d: _records(dev) for d, dev in enumerate(system.devices)}
+    records = {d: tuple(model_records(dev)) for d, dev in enumerate(system.devices)}
     checks = {(d, addr): system.devices[d].dram.read(addr, n).tobytes()
               for d, addr, n in case.checks}
     return launches, records, checks
@@ -152,8 +147,6 @@ IN, OUT = 0x100000, 0x200000
 PEER_DATA, PEER_MMIO = 20, 21
 #: The semaphore the point-to-point cases signal.
 SIGNAL_SEM = 5
-#: Longest DMA_COPY the cases issue (its ``len`` field has 20 bits).
-_MAX_COPY = 1 << 19
 
 
 def _data(n, seed=1):
@@ -222,7 +215,7 @@ def allreduce_case(n, count, params=SYSTEM_PARAMS, bus=SYSTEM_BUS, seed=1, slot_
     for d in range(n):
         inputs += [(d, OUT, rng.standard_normal(count).astype(np.float32).tobytes()),
                    (d, IN, bytes(plan.recv_slots * plan.slot_bytes))]
-    pieces = [(at, min(_MAX_COPY, nbytes - at)) for at in range(0, nbytes, _MAX_COPY)]
+    pieces = [(at, min(col.MAX_COPY, nbytes - at)) for at in range(0, nbytes, col.MAX_COPY)]
     load = [Command("DMA_COPY", engine=Engine.DMA_IN, src_space=Space.DRAM, src_off=OUT + at,
                     dst_space=Space.SRAM, dst_off=at, len=n, n1=1, n2=1) for at, n in pieces]
     store = [Command("DMA_COPY", engine=Engine.DMA_OUT, src_space=Space.SRAM, src_off=at,

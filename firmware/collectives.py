@@ -61,11 +61,11 @@ from typing import NamedTuple
 from npusim.sw.fm import timing
 from npusim.sw.isa import Command
 from npusim.sw.isa.enums import DType, Engine, Space, VBMode, VectorOp
-from npusim.sw.isa.table import NUM_REGS, NUM_SEMAPHORES
+from npusim.sw.isa.table import BY_NAME, NUM_REGS, NUM_SEMAPHORES
 
 __all__ = ["Buffer", "RingRegs", "RingPlan", "plan_allreduce", "plan_broadcast", "plan_reduce",
            "ring_allreduce", "broadcast", "reduce", "ring_registers", "estimate_cycles",
-           "bus_bandwidth", "chunks",
+           "bus_bandwidth", "chunks", "MAX_COPY",
            "FULL", "CREDIT", "STAGE_FULL", "STAGE_FREE", "READY_ADD", "READY_COPY", "LOADED",
            "STORE", "N_SEMS", "DEFAULT_SEMS", "DEFAULT_REGS"]
 
@@ -76,7 +76,8 @@ DEFAULT_SEMS = tuple(range(32, 32 + N_SEMS))   # clear of the GEMM kernel's 0..7
 
 _ELEM = 4                   # fp32
 _MAX_PIECE = 65535          # elements: VECTOR's cols field
-_MAX_COPY = 1 << 19         # bytes per DMA of a local copy (DMA_COPY.len is 20 bits)
+#: Bytes per DMA_COPY when a copy is split: the largest power of two its ``len`` field holds.
+MAX_COPY = 1 << (BY_NAME["DMA_COPY"].field("len").width - 1)
 _SLOT_SIZES = 16            # the planner tries link_max_payload << 0 .. 15
 _MIN_SLOT = 512             # bytes: smaller pieces are all overhead
 
@@ -480,9 +481,9 @@ def _device_ops(plan, d):
                                           x.a, x.nbytes))
             signal(Engine.DMA_OUT, LOADED)
     for a, b, nbytes in copies:
-        for off in range(0, nbytes, _MAX_COPY):
+        for off in range(0, nbytes, MAX_COPY):
             q[Engine.DMA_OUT].append(_dma(p, Engine.DMA_OUT, a.space, a.addr + off, b.space,
-                                          b.addr + off, min(_MAX_COPY, nbytes - off)))
+                                          b.addr + off, min(MAX_COPY, nbytes - off)))
     for x in adds:
         if x.store is not None:
             wait(Engine.DMA_OUT, STORE)

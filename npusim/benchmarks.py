@@ -314,9 +314,7 @@ def _system_cases(cases, n):
 
 def _system_summary(run, speed):
     from .cosim.system_top import SYSTEM_PARAMS
-    print(f"rtl cycles/s {speed:,}; build {run['build_seconds']:.1f} s "
-          f"({'cached' if run['cached'] else 'built'}), simulation "
-          f"{run['simulation_seconds']:.1f} s")
+    _print_run(run, speed)
     return {"rtl_cycles_per_second": speed, "build_seconds": round(run["build_seconds"], 1),
             "cached": run["cached"], "simulation_seconds": round(run["simulation_seconds"], 1),
             "params": SYSTEM_PARAMS.as_dict()}

@@ -17,6 +17,7 @@ from npusim.hw.axi import AxiSignature
 from npusim.hw.axi_arbiter import AxiArbiter
 from npusim.hw.axi_write_buffer import WriteBuffer
 from test_axi_arbiter import PARAMS, Master, SlaveModel, bursts, check_traffic
+from test_engine_heads import handshake
 
 
 def run(dut, *testbenches, background=()):
@@ -169,16 +170,6 @@ def test_data_that_waits_for_another_master(buffered):
     writes complete."""
     dut = TwoWriters(buffered)
     done = {}
-
-    async def handshake(ctx, valid, ready):
-        """Hold ``valid`` until ``ready`` (plain ticks: this may be left waiting forever)."""
-        ctx.set(valid, 1)
-        while True:
-            taken = ctx.get(ready)
-            await ctx.tick()
-            if taken:
-                break
-        ctx.set(valid, 0)
 
     async def write(ctx, port, addr, after=None):
         ctx.set(port.b.ready, 1)
