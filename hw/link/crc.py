@@ -9,14 +9,18 @@ significant byte first.
 - :func:`dllp_crc`: CRC-16, polynomial 0x100B (0xD008 reflected), over a DLLP's four bytes.
 
 The RTL absorbs a whole beat per cycle. A CRC register is linear over GF(2) in its previous
-state and the data, so the state after ``n`` bytes is a fixed XOR network of both:
-:meth:`Crc.absorb` builds it from a matrix computed here in Python, and
-:meth:`Crc.absorb_count` picks among the networks for the byte counts a beat may carry (a
-partial last beat). A receiver need not locate the transmitted CRC: running the register
+state and the data, so the state after ``n`` bytes is the XOR of one 256-entry table lookup
+per byte (slicing-by-n, tables computed here in Python) and what is left of the state:
+:meth:`Crc.absorb` builds it, and :meth:`Crc.absorb_count` picks among the results for the
+byte counts a beat may carry (a partial last beat). Lookups rather than the equivalent XOR
+network of each result bit: Amaranth folds a constant mask into a concatenation of the
+selected bits, which a simulator evaluates bit by bit (the link's CRCs were most of the
+system's simulation time). A receiver need not locate the transmitted CRC: running the register
 over the data *and* its CRC bytes leaves the constant :attr:`Crc.residue`.
 """
 
-from amaranth.hdl import Cat, Const, Signal
+from amaranth.hdl import Const, Signal
+from amaranth.lib.memory import Memory
 
 __all__ = ["Crc", "LCRC", "DLLP_CRC", "lcrc", "dllp_crc"]
 
@@ -35,7 +39,7 @@ class Crc:
         self.init = init
         self.xorout = xorout
         self._reflected = _reflect(poly, width)
-        self._matrices = {}
+        self._tables = {}
 
     # -- Python reference ------------------------------------------------------------------
 
@@ -60,51 +64,55 @@ class Crc:
         """The raw register after any data followed by its own CRC (the receiver's check)."""
         return self.update(self.init, self.append(b""))
 
-    def matrix(self, nbytes):
-        """The update over ``nbytes`` bytes as GF(2) masks: for each result bit ``k``, the
-        state bits and the data bits (byte ``i`` at bits ``8i..8i+7``) whose XOR it is."""
-        if nbytes not in self._matrices:
-            state_cols = [self.update(1 << i, bytes(nbytes)) for i in range(self.width)]
-            data_cols = [self.update(0, (1 << j).to_bytes(nbytes, "little"))
-                         for j in range(8 * nbytes)]
-            self._matrices[nbytes] = [
-                (sum(1 << i for i, col in enumerate(state_cols) if col >> k & 1),
-                 sum(1 << j for j, col in enumerate(data_cols) if col >> k & 1))
-                for k in range(self.width)]
-        return self._matrices[nbytes]
+    def table(self, k):
+        """The register after absorbing byte ``v`` and then ``k`` zero bytes, from 0, for
+        ``v`` in 0..255: the lookup table of a byte with ``k`` bytes after it in a beat."""
+        if k not in self._tables:
+            self._tables[k] = [self.update(0, bytes([v]) + bytes(k)) for v in range(256)]
+        return self._tables[k]
 
     # -- Amaranth --------------------------------------------------------------------------
 
-    def absorb(self, state, data, nbytes):
+    def absorb(self, m, state, data, nbytes, *, roms=None):
         """The register (a Value of ``width`` bits) after absorbing the low ``nbytes`` bytes
-        of ``data`` (byte ``i`` at bits ``8i..8i+7``, in that order) from ``state``: each
-        result bit is the parity of the state and data ANDed with a constant mask. ``state``
-        may be an int (the seed): its part of each bit is then a constant. Pass Signals, not
-        expressions: every result bit reads all of ``state`` and ``data``."""
-        bits = []
+        of ``data`` (byte ``i`` at bits ``8i..8i+7``, in that order) from ``state`` (a Value,
+        or an int for the seed), built in ``m``. By linearity the result is ``state`` shifted
+        out by ``8 * nbytes`` bits, XORed with one table entry per byte: byte ``i``, XORed
+        with state byte ``i`` while the state has one, looked up in
+        :meth:`table` ``(nbytes - 1 - i)`` (slicing-by-n, one ROM read per byte). ``roms``
+        (``{k: Memory}``) shares the tables among calls."""
+        if nbytes == 0:
+            return Const(state, self.width) if isinstance(state, int) else state
+        state_bytes = self.width // 8
         if isinstance(state, int):
-            for state_mask, data_mask in self.matrix(nbytes):
-                seeded = (state & state_mask).bit_count() & 1
-                bits.append((data[:8 * nbytes] & data_mask).xor() ^ seeded if data_mask
-                            else Const(seeded, 1))
-        else:
-            both = Cat(state, data[:8 * nbytes])
-            for state_mask, data_mask in self.matrix(nbytes):
-                bits.append((both & (state_mask | data_mask << self.width)).xor())
-        return Cat(*bits)
+            state = Const(state, self.width)
+        roms = {} if roms is None else roms
+        result = state >> (8 * nbytes) if nbytes < state_bytes else Const(0, self.width)
+        for i in range(nbytes):
+            index = data[8 * i:8 * i + 8]
+            if i < state_bytes:
+                index = index ^ state[8 * i:8 * i + 8]
+            k = nbytes - 1 - i
+            if k not in roms:
+                roms[k] = Memory(shape=self.width, depth=256, init=self.table(k))
+                m.submodules += roms[k]
+            port = roms[k].read_port(domain="comb")
+            m.d.comb += port.addr.eq(index)
+            result = result ^ port.data
+        return result
 
     def absorb_count(self, m, state, data, count, counts):
         """A Signal: the register after absorbing the low ``count`` bytes of ``data``, where
-        ``count`` (a Value) is one of ``counts``; any other count absorbs nothing. One network
-        per listed count, selected by ``count`` (combinational, in ``m``)."""
-        start = Signal(self.width)  # `state` once, for every network to read
+        ``count`` (a Value) is one of ``counts``; any other count absorbs nothing. One lookup
+        set per listed count, selected by ``count`` (combinational, in ``m``)."""
+        start = Signal(self.width)  # `state` once, for every lookup to read
         result = Signal(self.width)
         m.d.comb += start.eq(state)
-        state = start
+        state, roms = start, {}
         with m.Switch(count):
             for n in sorted(set(counts)):
                 with m.Case(n):
-                    m.d.comb += result.eq(self.absorb(state, data, n) if n else state)
+                    m.d.comb += result.eq(self.absorb(m, state, data, n, roms=roms))
             with m.Default():
                 m.d.comb += result.eq(state)
         return result

@@ -195,7 +195,7 @@ class _Transmitter(Elaboratable):
         m.d.comb += dws_in.eq(Mux(beat.last & (beat.dws < DW), beat.dws, DW))
         total = Mux(first, 0, tlp_dws) + dws_in
         seq_bytes = Cat(next_tx[8:12], Const(0, 4), next_tx[:8])
-        crc_in = Mux(first, LCRC.absorb(LCRC.init, seq_bytes, 2), crc)
+        crc_in = Mux(first, LCRC.absorb(m, LCRC.init, seq_bytes, 2), crc)
         crc_next = LCRC.absorb_count(m, crc_in, beat.data, Cat(Const(0, 2), dws_in),
                                      [4 * k for k in range(DW + 1)])
         start = Mux(first, wptr, tlp_start)
@@ -430,7 +430,7 @@ class _Receiver(Elaboratable):
         beat_seq = Cat(beat.data[8:16], beat.data[:4])
         crc_next = LCRC.absorb_count(m, Mux(first, LCRC.init, crc), beat.data, n,
                                      [W] + list(range(2, W, 4)))
-        dllp_crc = DLLP_CRC.absorb(DLLP_CRC.init, beat.data, 4) ^ DLLP_CRC.xorout
+        dllp_crc = DLLP_CRC.absorb(m, DLLP_CRC.init, beat.data, 4) ^ DLLP_CRC.xorout
         m.d.comb += self.packets.ready.eq(1)
 
         # Word k of the TLP, written as beat k + 1 comes.
@@ -744,7 +744,7 @@ class DataLinkLayer(wiring.Component):
         with m.Else():
             m.d.comb += body.eq(Cat(fc_type | Cat(Const(0, 4), fc_pick), pick_h[2:8], Const(0, 2),
                                     pick_d[8:12], Const(0, 2), pick_h[:2], pick_d[:8]))
-        check = DLLP_CRC.absorb(DLLP_CRC.init, body, 4) ^ DLLP_CRC.xorout
+        check = DLLP_CRC.absorb(m, DLLP_CRC.init, body, 4) ^ DLLP_CRC.xorout
 
         # -- phy_tx: a DLLP goes between packets, never inside one ---------------------------
         use_tlp = tx.started | ~dllp_valid

@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """The data-link layer's CRCs (``hw/link/crc.py``) against independent implementations: the
 LCRC against ``zlib.crc32``, the DLLP CRC-16 against cocotbext-pcie's ``Dllp.pack_crc``,
-and the Amaranth parallel networks (a whole beat per cycle, partial last beats) against the
+and the Amaranth table lookups (a whole beat per cycle, partial last beats) against the
 Python reference, in Amaranth's simulator at W = 8 and 16.
 """
 
@@ -92,7 +92,7 @@ class Absorber(Elaboratable):
         m.d.comb += [
             self.comb.eq(self.crc.absorb_count(m, self.state_in, self.data, self.count,
                                                counts)),
-            self.seeded.eq(self.crc.absorb(self.crc.init, self.data, self.width)),
+            self.seeded.eq(self.crc.absorb(m, self.crc.init, self.data, self.width)),
         ]
         return m
 
