@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from npusim.sw.isa import Command
 from npusim.sw.isa.enums import DType, RedOp, VBMode, VectorOp
 
-__all__ = ["Tile", "rmsnorm", "rope", "swiglu", "add", "convert", "f32_bits"]
+__all__ = ["Tile", "vec", "rmsnorm", "rope", "swiglu", "add", "convert", "f32_bits"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ def f32_bits(value):
     return struct.unpack("<I", struct.pack("<f", value))[0]
 
 
-def _vector(op, dst, a, b=None, *, mode=VBMode.TILE, imm=0, ldb=0):
+def vec(op, dst, a, b=None, *, mode=VBMode.TILE, imm=0, ldb=0):
+    """One VECTOR command: ``dst = op(a, b)`` over ``a``'s shape, ``b`` per ``mode``."""
     fields = dict(op=op, dst=dst.addr, ldd=dst.ld, a=a.addr, lda=a.ld, a_dtype=a.dtype,
                   d_dtype=dst.dtype, rows=a.rows, cols=a.cols, b_mode=mode, imm=imm)
     if b is not None:
@@ -75,14 +76,14 @@ def rmsnorm(x, weight, out, eps, *, squares, stats):
     n = x.rows
     row = Tile(stats, n, 1)
     return [
-        _vector(VectorOp.MUL, squares, x, x),
+        vec(VectorOp.MUL, squares, x, x),
         Command("REDUCE", op=RedOp.SUM, dst=stats, a=squares.addr, lda=squares.ld,
                 a_dtype=DType.FP32, rows=n, cols=x.cols),
-        _vector(VectorOp.MUL, row, row, mode=VBMode.IMM, imm=f32_bits(1.0 / x.cols)),
-        _vector(VectorOp.ADD, row, row, mode=VBMode.IMM, imm=f32_bits(eps)),
-        _vector(VectorOp.RSQRT, row, row),
-        _vector(VectorOp.MUL, squares, x, row, mode=VBMode.ROW, ldb=1),
-        _vector(VectorOp.MUL, out, squares, Tile(weight, 1, x.cols), mode=VBMode.COL,
+        vec(VectorOp.MUL, row, row, mode=VBMode.IMM, imm=f32_bits(1.0 / x.cols)),
+        vec(VectorOp.ADD, row, row, mode=VBMode.IMM, imm=f32_bits(eps)),
+        vec(VectorOp.RSQRT, row, row),
+        vec(VectorOp.MUL, squares, x, row, mode=VBMode.ROW, ldb=1),
+        vec(VectorOp.MUL, out, squares, Tile(weight, 1, x.cols), mode=VBMode.COL,
                 ldb=x.cols),
     ]
 
@@ -104,10 +105,10 @@ def rope(x, cos, sin, heads, head_dim, *, scratch):
     cmds = []
     for h in range(heads):
         x1, x2 = x.cols_at(h * head_dim, half), x.cols_at(h * head_dim + half, half)
-        cmds += [_vector(VectorOp.MUL, tmp[0], x1, cos), _vector(VectorOp.MUL, tmp[1], x2, sin),
-                 _vector(VectorOp.MUL, tmp[2], x2, cos), _vector(VectorOp.MUL, tmp[3], x1, sin),
-                 _vector(VectorOp.SUB, x1, tmp[0], tmp[1]),
-                 _vector(VectorOp.ADD, x2, tmp[2], tmp[3])]
+        cmds += [vec(VectorOp.MUL, tmp[0], x1, cos), vec(VectorOp.MUL, tmp[1], x2, sin),
+                 vec(VectorOp.MUL, tmp[2], x2, cos), vec(VectorOp.MUL, tmp[3], x1, sin),
+                 vec(VectorOp.SUB, x1, tmp[0], tmp[1]),
+                 vec(VectorOp.ADD, x2, tmp[2], tmp[3])]
     return cmds
 
 
@@ -115,16 +116,16 @@ def swiglu(gate, up, out):
     """``out = silu(gate) * up``; ``gate`` (fp32) is overwritten with ``silu(gate)``;
     ``out`` fp32 or bf16 (the down projection's operand)."""
     _same_shape(gate, up, out)
-    return [_vector(VectorOp.SILU, gate, gate), _vector(VectorOp.MUL, out, gate, up)]
+    return [vec(VectorOp.SILU, gate, gate), vec(VectorOp.MUL, out, gate, up)]
 
 
 def add(a, b, out):
     """``out = a + b`` (the residual connection); ``out`` may be ``a``."""
     _same_shape(a, b, out)
-    return [_vector(VectorOp.ADD, out, a, b)]
+    return [vec(VectorOp.ADD, out, a, b)]
 
 
 def convert(src, dst):
     """``dst = src`` in ``dst``'s element type (fp32 -> bf16 rounds to nearest even)."""
     _same_shape(src, dst)
-    return [_vector(VectorOp.MOV, dst, src)]
+    return [vec(VectorOp.MOV, dst, src)]
