@@ -16,7 +16,11 @@ far as the buffers allow:
 * ``C_FULL + c`` — C buffer ``c`` holds a finished tile; DMA_OUT waits, then stores it;
 * ``C_FREE + c`` — DMA_OUT has stored C buffer ``c``; COMPUTE waits before reusing it.
 
-The slots start free: the stream first signals ``EMPTY`` and ``C_FREE`` once per buffer.
+The slots start free: the stream first signals ``EMPTY`` and ``C_FREE`` once per buffer, and
+takes those signals back at the end (DMA_IN waits its two ``EMPTY``, DMA_OUT its two
+``C_FREE``), so every semaphore is 0 again and the next GEMM of a stream starts from the same
+state (without it, the leftover signals would let the next GEMM's loads overwrite slots still
+in use).
 """
 
 from dataclasses import dataclass
@@ -108,4 +112,8 @@ def gemm_commands(plan, a_addr, b_addr, c_addr):
                     n1=p.tm, n2=1, src_stride1=4 * p.tn, dst_stride1=4 * p.n),
             Command("SEM_SIGNAL", engine=Engine.DMA_OUT, sem=C_FREE + c, amount=1),
         ]
+    cmds += [Command("SEM_WAIT", engine=Engine.DMA_IN, sem=EMPTY + s, value=1, consume=True)
+             for s in range(2)]
+    cmds += [Command("SEM_WAIT", engine=Engine.DMA_OUT, sem=C_FREE + c, value=1, consume=True)
+             for c in range(2)]
     return cmds

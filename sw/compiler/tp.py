@@ -15,7 +15,8 @@ The user gives the graph and ``tp``; the rules decide the rest:
   to the host (gather), which concatenates them.
 - ``rmsnorm``, ``add``: replicated (every device holds the whole activation).
 
-A bias of a row-parallel layer is added once, by device 0, before the all-reduce.
+A bias of a row-parallel layer is held by every device and added after the all-reduce (the
+residual stream stays replicated).
 :func:`run` executes the split in numpy and combines it with the collectives: the check that
 the split computes what the graph does.
 """
@@ -103,7 +104,7 @@ def split(graph, tp):
                 if w(r) is not None:
                     weights[r] = [w(r)[p] for p in part]
             if w("down_bias") is not None:
-                weights["down_bias"] = _once(w("down_bias"), tp)
+                weights["down_bias"] = [w("down_bias")] * tp
             shards[n.name] = Shard("row", "allreduce" if tp > 1 else None, weights,
                                    {"intermediate": cols})
         elif n.op == "attention":
@@ -111,11 +112,6 @@ def split(graph, tp):
         else:   # Graph.check() admits no other op
             raise AssertionError(n.op)
     return TpGraph(graph, tp, shards)
-
-
-def _once(bias, tp):
-    """A row-parallel layer's bias: device 0 adds it, the others add zeros."""
-    return [bias] + [np.zeros_like(bias)] * (tp - 1)
 
 
 def _split_attention(graph, n, tp):
@@ -153,10 +149,14 @@ def _split_attention(graph, n, tp):
         if graph.weight(n, r) is not None:
             weights[r] = [rows(graph.weight(n, r), ids[dev]) for dev in range(tp)]
     if graph.weight(n, "o_bias") is not None:
-        weights["o_bias"] = _once(graph.weight(n, "o_bias"), tp)
+        weights["o_bias"] = [graph.weight(n, "o_bias")] * tp
     return Shard("row", "allreduce" if tp > 1 else None, weights,
                  {"heads": local, "kv_heads": local_kv, "kv_replicated": kv_heads < tp,
                   "head_dim": d})
+
+
+#: Biases of row-parallel layers: added after the all-reduce.
+_AFTER = {"o_bias", "down_bias"}
 
 
 def run(tpg, tokens, positions=None):
@@ -179,10 +179,13 @@ def run(tpg, tokens, positions=None):
                 mine = (xs[0] >= lo) & (xs[0] < lo + rows)
                 y = np.where(mine[:, None], w("weight")[np.where(mine, xs[0] - lo, 0)], 0)
             else:
-                y = apply(n.op, {**n.attrs, **s.attrs}, xs, w, positions)
+                y = apply(n.op, {**n.attrs, **s.attrs}, xs,
+                          lambda role, w=w: None if role in _AFTER else w(role), positions)
             parts.append(y.astype(np.float32))
         if s.collective == "allreduce":
             values[n.name] = np.sum(parts, axis=0, dtype=np.float32)
+            for role in _AFTER & set(s.weights):
+                values[n.name] = values[n.name] + s.weights[role][0]
         elif s.collective == "gather":
             values[n.name] = np.concatenate(parts, axis=-1)
         else:

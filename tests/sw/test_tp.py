@@ -14,9 +14,13 @@ from npusim.sw.compiler.tp import TpError, run, split
 GRAPHS = {}
 
 
+#: Llama with every bias there is (Q, K, V, O, gate, up, down).
+BIASED = dict(PRESETS["tiny-llama"], attention_bias=True, mlp_bias=True)
+
+
 def graph(preset):
     if preset not in GRAPHS:
-        GRAPHS[preset] = capture(build_model(preset, seed=5))
+        GRAPHS[preset] = capture(build_model(BIASED if preset == "biased" else preset, seed=5))
     return GRAPHS[preset]
 
 
@@ -24,6 +28,7 @@ def graph(preset):
     ("tiny-llama", 1), ("tiny-llama", 2), ("tiny-llama", 4),
     ("tiny-mistral", 2), ("tiny-mistral", 4),
     ("tiny-qwen2", 2), ("tiny-qwen2", 4), ("tiny-qwen2", 8),
+    ("biased", 2), ("biased", 4),
 ])
 def test_split_computes_the_graph(preset, tp):
     g = graph(preset)

@@ -1,0 +1,375 @@
+"""The back end: a tensor-parallel graph -> device memory layout and one command stream per
+device (prefill of a ``tokens``-long bucket), with the weights in the layout the kernels read.
+
+Schedule (first version): the layer runs as a sequence of phases separated by ``FENCE``;
+within a phase the kernels overlap their own DMA and compute (the GEMM's double buffering,
+the collectives' pipelined pieces). Activations go back to DRAM between phases, so every
+phase may use the whole scratchpad from address 0. Phases of one decoder layer::
+
+    norm1     x -> rmsnorm -> xn (bf16)
+    qkv       xn @ [Wq | Wk | Wv]^T                      (GEMM, fp32 out)
+    attend    + biases, RoPE on q and k, K/V -> bf16, K/V rows into the paged KV pool
+              through the slot mapping (DMA_SCATTER), attention -> bf16
+    o         attn @ Wo^T                                (GEMM), then all-reduce (TP > 1)
+    norm2     x += o (+ bias); x -> rmsnorm -> xn
+    gate_up   xn @ [Wgate | Wup]^T                       (GEMM)
+    swiglu    silu(gate) * up -> bf16
+    down      h @ Wdown^T                                (GEMM), then all-reduce
+    residual  x += down (+ bias)
+
+The embedding is a ``DMA_GATHER`` of fp32 rows by token id (block size 1: the "block table"
+is the device's token ids, out-of-range ids pointing at an all-zero row) and an all-reduce;
+the LM head is a GEMM into the device's slice of the logits.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from npusim.firmware import collectives as col
+from npusim.firmware.attention import attention, attention_work
+from npusim.firmware.gemm import gemm_commands, plan_gemm
+from npusim.firmware.rowops import Tile, add, convert, rmsnorm, rope, swiglu, vec
+from npusim.sw import numerics as nx
+from npusim.sw.isa import Command
+from npusim.sw.isa.enums import DType, Engine, Space, VBMode, VectorOp
+
+from .reference import rope_tables
+
+__all__ = ["Layout", "DeviceProgram", "generate", "weight_image"]
+
+_ALIGN = 64
+
+
+def _align(n, a=_ALIGN):
+    return -(-n // a) * a
+
+
+class _Arena:
+    """A bump allocator of named, aligned regions."""
+
+    def __init__(self, base, limit, what):
+        self.at, self.limit, self.what = base, limit, what
+        self.regions = {}
+
+    def take(self, name, nbytes):
+        addr = self.at
+        self.at = _align(addr + max(nbytes, 1))
+        if self.at > self.limit:
+            raise ValueError(f"{self.what}: {name} ({nbytes} bytes) does not fit below "
+                             f"{self.limit:#x}")
+        self.regions[name] = (addr, nbytes)
+        return addr
+
+
+@dataclass
+class Layout:
+    """Where everything lives in one device's DRAM (``{name: (addr, bytes)}``) and the
+    constants the streams were generated for."""
+    tokens: int
+    block_size: int
+    kv_blocks: int
+    regions: dict = field(default_factory=dict)
+
+    def addr(self, name):
+        return self.regions[name][0]
+
+
+@dataclass
+class DeviceProgram:
+    """One device's prefill stream (commands), its layout, its weight image
+    (``{region: bytes}``) and run-time registers (``{register: value}``, set per launch)."""
+    device: int
+    commands: list
+    layout: Layout
+    weights: dict
+    registers: dict
+
+
+#: DRAM below this holds streams and completion records (the runtime's).
+STREAM_AREA = 0x10_0000
+
+
+def _bf16_bytes(a):
+    return nx.fp32_to_bf16(np.ascontiguousarray(a, np.float32).view(np.uint32)).tobytes()
+
+
+def _f32_bytes(a):
+    return np.ascontiguousarray(a, np.float32).tobytes()
+
+
+def _tile(n, limit=64):
+    """The largest divisor of ``n`` not above ``limit`` (a GEMM tile edge)."""
+    return max(t for t in range(1, min(n, limit) + 1) if n % t == 0)
+
+
+def _fence():
+    return [Command("FENCE", engines=0)]
+
+
+def load(sram, dram, nbytes):
+    """DMA_IN copies of ``nbytes`` from DRAM to the scratchpad (cut at ``MAX_COPY``)."""
+    return [Command("DMA_COPY", engine=Engine.DMA_IN, src_space=Space.DRAM, src_off=dram + at,
+                    dst_space=Space.SRAM, dst_off=sram + at,
+                    len=min(col.MAX_COPY, nbytes - at), n1=1, n2=1)
+            for at in range(0, nbytes, col.MAX_COPY)]
+
+
+def store(dram, sram, nbytes):
+    """DMA_OUT copies of ``nbytes`` from the scratchpad to DRAM."""
+    return [Command("DMA_COPY", engine=Engine.DMA_OUT, src_space=Space.SRAM, src_off=sram + at,
+                    dst_space=Space.DRAM, dst_off=dram + at,
+                    len=min(col.MAX_COPY, nbytes - at), n1=1, n2=1)
+            for at in range(0, nbytes, col.MAX_COPY)]
+
+
+def weight_image(tpg, device):
+    """The bytes of device ``device``'s weights, ``{region name: bytes}``, in the kernels'
+    layouts: linear weights transposed (``in x out``) bf16 with the fused projections side by
+    side, norms and biases fp32, the embedding fp32 with an all-zero row appended, and the
+    RoPE table (one row per position: the cos half then the sin half, fp32)."""
+    g, image = tpg.graph, {}
+    for n in g.nodes:
+        w = {r: parts[device] for r, parts in tpg.shards[n.name].weights.items()}
+
+        def biases(roles):
+            return _f32_bytes(np.concatenate([w.get(f"{r}_bias", np.zeros(len(w[r]), np.float32))
+                                              for r in roles]))
+        if n.op == "embed":
+            image[f"{n.name}.table"] = _f32_bytes(np.vstack([w["weight"],
+                                                             np.zeros_like(w["weight"][:1])]))
+        elif n.op == "rmsnorm":
+            image[f"{n.name}.weight"] = _f32_bytes(w["weight"])
+        elif n.op == "linear":
+            image[f"{n.name}.wt"] = _bf16_bytes(w["weight"].T)
+            if "bias" in w:
+                image[f"{n.name}.bias"] = _f32_bytes(w["bias"])
+        elif n.op == "attention":
+            image[f"{n.name}.qkv_t"] = _bf16_bytes(np.vstack([w["q"], w["k"], w["v"]]).T)
+            image[f"{n.name}.o_t"] = _bf16_bytes(w["o"].T)
+            if any(f"{r}_bias" in w for r in "qkv"):
+                image[f"{n.name}.qkv_bias"] = biases("qkv")
+            if "o_bias" in w:
+                image[f"{n.name}.bias"] = _f32_bytes(w["o_bias"])
+        elif n.op == "mlp":
+            image[f"{n.name}.gate_up_t"] = _bf16_bytes(np.vstack([w["gate"], w["up"]]).T)
+            image[f"{n.name}.down_t"] = _bf16_bytes(w["down"].T)
+            if "gate_bias" in w or "up_bias" in w:
+                image[f"{n.name}.gate_up_bias"] = biases(("gate", "up"))
+            if "down_bias" in w:
+                image[f"{n.name}.bias"] = _f32_bytes(w["down_bias"])
+    spec = g.spec
+    cos, sin = rope_tables(np.arange(spec.max_positions), spec.head_dim, spec.rope_theta)
+    half = spec.head_dim // 2
+    image["rope"] = _f32_bytes(np.hstack([cos[:, :half], sin[:, :half]]))
+    return image
+
+
+def generate(tpg, params, *, tokens, block_size=16, kv_blocks=64, bus=None):
+    """Prefill programs, one per device, for a ``tokens``-long prompt (one sequence)."""
+    from npusim.sw.fm.system import BusMap
+    bus = bus or BusMap()
+    if block_size & (block_size - 1):
+        raise ValueError(f"block size {block_size} is not a power of two")
+    if tokens > tpg.graph.spec.max_positions:
+        raise ValueError(f"{tokens} tokens: the model has {tpg.graph.spec.max_positions} "
+                         "positions")
+    return [_Device(tpg, params, d, tokens, block_size, kv_blocks, bus).program()
+            for d in range(tpg.tp)]
+
+
+class _Device:
+    """The program of one device: its DRAM layout, then one phase per node."""
+
+    def __init__(self, tpg, params, device, tokens, block_size, kv_blocks, bus):
+        self.tpg, self.params, self.device, self.bus = tpg, params, device, bus
+        self.T, self.H = tokens, tpg.graph.spec.hidden
+        self.block_size, self.kv_blocks = block_size, kv_blocks
+        self.image = weight_image(tpg, device)
+        self.regs, self.cmds = {}, []
+        self._layout()
+
+    def _layout(self):
+        g, T, H = self.tpg.graph, self.T, self.H
+        dram = _Arena(STREAM_AREA, self.params.dram_bytes, f"device {self.device} DRAM")
+        for name, data in self.image.items():
+            dram.take(name, len(data))
+        attn = [self.tpg.shards[n.name].attrs for n in g.nodes if n.op == "attention"]
+        self.kv_row = attn[0]["kv_heads"] * attn[0]["head_dim"] * 2 if attn else 0
+        for n in g.nodes:
+            if n.op == "attention":
+                for pool in ("k_pool", "v_pool"):
+                    dram.take(f"{n.name}.{pool}", self.kv_blocks * self.block_size * self.kv_row)
+        widest = max([3 * H] + [2 * self.tpg.shards[n.name].attrs.get("intermediate", 0)
+                                for n in g.nodes])
+        dram.take("ids", 4 * T)
+        dram.take("slots", 4 * T)
+        for name in ("x", "xn", "y", "qkv", "attn", "gu", "h"):
+            dram.take(name, 4 * T * widest)
+        self.logit_cols = self.tpg.shards[g.output].attrs["rows"]
+        dram.take("logits", 4 * T * self.logit_cols)
+        dram.take("recv", 4 * _SLOT)
+        self.layout = Layout(T, self.block_size, self.kv_blocks, dram.regions)
+
+    def A(self, name):
+        return self.layout.regions[name][0]
+
+    def has(self, name):
+        return name in self.layout.regions
+
+    def program(self):
+        values = {}
+        for n in self.tpg.graph.nodes:
+            s = self.tpg.shards[n.name]
+            if n.op == "embed":
+                self._embed(n, s)
+                values[n.name] = "x"
+            elif n.op == "rmsnorm":
+                self._rmsnorm(n, values[n.inputs[0]])
+                values[n.name] = "xn"
+            elif n.op == "attention":
+                self._attention(n, s)
+                values[n.name] = "y"
+            elif n.op == "mlp":
+                self._mlp(n, s)
+                values[n.name] = "y"
+            elif n.op == "add":
+                # the bias of the row-parallel layer feeding it, added once after its all-reduce
+                bias = next((f"{i}.bias" for i in n.inputs if self.has(f"{i}.bias")), None)
+                self._residual(values[n.inputs[0]], values[n.inputs[1]], bias)
+                values[n.name] = "x"
+            elif n.op == "linear":
+                self._lm_head(n, s, values[n.inputs[0]])
+                values[n.name] = "logits"
+        return DeviceProgram(self.device, self.cmds, self.layout, self.image, self.regs)
+
+    # -- phases ---------------------------------------------------------------------------
+
+    def _allreduce(self, region, count):
+        tp = self.tpg.tp
+        if tp == 1:
+            return
+        plan = col.plan_allreduce(self.params, tp, count, col.Buffer.dram(self.A(region)),
+                                  recv=self.A("recv"), stage=0, work=2 * _SLOT,
+                                  slot_bytes=_SLOT, recv_slots=4)
+        self.regs.update(col.ring_registers(plan, self.device, self.bus))
+        self.cmds += col.ring_allreduce(plan, self.device) + _fence()
+
+    def _embed(self, n, s):
+        T, H = self.T, self.H
+        self.cmds += [Command("DMA_GATHER", engine=Engine.DMA_IN, table_off=self.A("ids"),
+                              pool_off=self.A(f"{n.name}.table"), dst_space=Space.DRAM,
+                              dst_off=self.A("x"), row_bytes=4 * H, row_stride=4 * H,
+                              dst_stride=4 * H, block_log2=0, pool_blocks=s.attrs["rows"] + 1,
+                              n=T, t0=0)] + _fence()
+        self._allreduce("x", T * H)
+
+    def _rmsnorm(self, n, src):
+        T, H = self.T, self.H
+        sram = _Arena(0, self.params.sram_bytes, "scratchpad (rmsnorm)")
+        x = Tile(sram.take("x", 4 * T * H), T, H)
+        sq = Tile(sram.take("squares", 4 * T * H), T, H)
+        stats = sram.take("stats", 4 * T)
+        w = sram.take("weight", 4 * H)
+        xn = Tile(sram.take("xn", 2 * T * H), T, H, dtype=DType.BF16)
+        self.cmds += load(x.addr, self.A(src), 4 * T * H)
+        self.cmds += load(w, self.A(f"{n.name}.weight"), 4 * H) + _fence()
+        self.cmds += rmsnorm(x, w, xn, n.attrs["eps"], squares=sq, stats=stats) + _fence()
+        self.cmds += store(self.A("xn"), xn.addr, 2 * T * H) + _fence()
+
+    def _gemm(self, a, b, c, m, n, k):
+        plan = plan_gemm(self.params, m, n, k, tm=_tile(m), tn=_tile(n), tk=_tile(k))
+        self.cmds += gemm_commands(plan, self.A(a), self.A(b), self.A(c)) + _fence()
+
+    def _add_bias(self, tile, sram, region):
+        """tile += the fp32 vector ``region`` broadcast down the rows."""
+        if not self.has(region):
+            return
+        b = sram.take("bias", 4 * tile.cols)
+        self.cmds += load(b, self.A(region), 4 * tile.cols) + _fence()
+        self.cmds += [vec(VectorOp.ADD, tile, tile, Tile(b, 1, tile.cols), mode=VBMode.COL,
+                          ldb=tile.cols)]
+
+    def _attention(self, n, s):
+        T, H = self.T, self.H
+        a = s.attrs
+        heads, kvh, D = a["heads"], a["kv_heads"], a["head_dim"]
+        qw, kw = heads * D, kvh * D
+        W = qw + 2 * kw
+        self._gemm("xn", f"{n.name}.qkv_t", "qkv", T, W, H)
+        sram = _Arena(0, self.params.sram_bytes, "scratchpad (attention)")
+        qkv = Tile(sram.take("qkv", 4 * T * W), T, W)
+        rope_rows = sram.take("rope", 4 * T * D)
+        scratch = sram.take("rope_scratch", 4 * 4 * T * (D // 2))
+        self.cmds += load(qkv.addr, self.A("qkv"), 4 * T * W)
+        self.cmds += load(rope_rows, self.A("rope"), 4 * T * D)
+        self._add_bias(qkv, sram, f"{n.name}.qkv_bias")
+        self.cmds += _fence()
+        half = D // 2
+        cos, sin = Tile(rope_rows, T, half, D), Tile(rope_rows + 4 * half, T, half, D)
+        self.cmds += rope(qkv.cols_at(0, qw), cos, sin, heads, D, scratch=scratch)
+        self.cmds += rope(qkv.cols_at(qw, kw), cos, sin, kvh, D, scratch=scratch)
+        q = Tile(sram.take("q", 2 * T * qw), T, qw, dtype=DType.BF16)
+        k = Tile(sram.take("k", 2 * T * kw), T, kw, dtype=DType.BF16)
+        v = Tile(sram.take("v", 2 * T * kw), T, kw, dtype=DType.BF16)
+        self.cmds += convert(qkv.cols_at(0, qw), q) + convert(qkv.cols_at(qw, kw), k)
+        self.cmds += convert(qkv.cols_at(qw + kw, kw), v) + _fence()
+        # the new K and V rows into the paged pool, one slot per token
+        log2 = self.block_size.bit_length() - 1
+        for t, pool in ((k, "k_pool"), (v, "v_pool")):
+            self.cmds.append(Command(
+                "DMA_SCATTER", engine=Engine.DMA_OUT, slots_off=self.A("slots"),
+                pool_off=self.A(f"{n.name}.{pool}"), src_space=Space.SRAM, src_off=t.addr,
+                row_bytes=self.kv_row, row_stride=self.kv_row, src_stride=self.kv_row,
+                block_log2=log2, pool_blocks=self.kv_blocks, n=T, i0=0))
+        out = Tile(sram.take("out", 4 * T * qw), T, qw)
+        tq = min(T, 32)
+        work = attention_work(sram.at, tq, tq, D)
+        sram.take("work", work.nbytes)
+        self.cmds += attention(q, k, v, out, heads=heads, kv_heads=kvh, head_dim=D,
+                               scale=n.attrs["scale"], work=work, window=n.attrs["window"])
+        ob = Tile(sram.take("out_bf16", 2 * T * qw), T, qw, dtype=DType.BF16)
+        self.cmds += convert(out, ob) + _fence()
+        self.cmds += store(self.A("attn"), ob.addr, 2 * T * qw) + _fence()
+        self._gemm("attn", f"{n.name}.o_t", "y", T, H, qw)
+        self._allreduce("y", T * H)
+
+    def _mlp(self, n, s):
+        T, H = self.T, self.H
+        inter = s.attrs["intermediate"]
+        self._gemm("xn", f"{n.name}.gate_up_t", "gu", T, 2 * inter, H)
+        sram = _Arena(0, self.params.sram_bytes, "scratchpad (mlp)")
+        gu = Tile(sram.take("gu", 4 * T * 2 * inter), T, 2 * inter)
+        self.cmds += load(gu.addr, self.A("gu"), 4 * T * 2 * inter) + _fence()
+        self._add_bias(gu, sram, f"{n.name}.gate_up_bias")
+        h = Tile(sram.take("h", 2 * T * inter), T, inter, dtype=DType.BF16)
+        self.cmds += swiglu(gu.cols_at(0, inter), gu.cols_at(inter, inter), h) + _fence()
+        self.cmds += store(self.A("h"), h.addr, 2 * T * inter) + _fence()
+        self._gemm("h", f"{n.name}.down_t", "y", T, H, inter)
+        self._allreduce("y", T * H)
+
+    def _residual(self, a, b, bias):
+        """x = a + b (+ the bias of the row-parallel layer that made b, added once, after
+        the all-reduce)."""
+        T, H = self.T, self.H
+        sram = _Arena(0, self.params.sram_bytes, "scratchpad (residual)")
+        xa, xb = Tile(sram.take("a", 4 * T * H), T, H), Tile(sram.take("b", 4 * T * H), T, H)
+        self.cmds += load(xa.addr, self.A(a), 4 * T * H) + load(xb.addr, self.A(b), 4 * T * H)
+        self.cmds += _fence() + add(xa, xb, xa)
+        if bias:
+            self._add_bias(xa, sram, bias)
+        self.cmds += _fence() + store(self.A("x"), xa.addr, 4 * T * H) + _fence()
+
+    def _lm_head(self, n, s, src):
+        T, H, rows = self.T, self.H, s.attrs["rows"]
+        self._gemm(src, f"{n.name}.wt", "logits", T, rows, H)
+        if self.has(f"{n.name}.bias"):
+            sram = _Arena(0, self.params.sram_bytes, "scratchpad (LM head bias)")
+            t = Tile(sram.take("logits", 4 * T * rows), T, rows)
+            self.cmds += load(t.addr, self.A("logits"), 4 * T * rows) + _fence()
+            self._add_bias(t, sram, f"{n.name}.bias")
+            self.cmds += _fence() + store(self.A("logits"), t.addr, 4 * T * rows) + _fence()
+
+
+#: Bytes of one collective piece and receive slot.
+_SLOT = 4096
