@@ -10,7 +10,8 @@ and folded into the running row maximum ``m``, row sum ``l`` and output ``O``:
 
 and at the end ``out = O / l``. ``m`` starts at -1e30 rather than -inf, so a row whose keys
 in a block are all masked contributes ``exp(-inf) = 0`` instead of ``exp(-inf + inf)``. Key
-blocks wholly after a query block (causal) or wholly before its window are not visited.
+blocks wholly after a query block (causal) or wholly before its window are not visited, when
+the query positions are immediates.
 
 Query head ``h`` reads KV head ``h // (heads / kv_heads)`` (GQA). Q, K and V are bf16
 (heads side by side in a row); the output is fp32 or bf16.
@@ -67,8 +68,8 @@ def attention(q, k, v, out, *, heads, kv_heads, head_dim, scale, work, q_pos=0, 
     run-time register ``q_reg``) over the first ``keys`` rows of K and V (default
     ``k.rows``), the keys at positions ``0 ..``; keys at or past ``klen`` (default ``keys``)
     plus register ``klen_reg`` are masked. ``work``: an :class:`AttentionWork` (its ``tq``
-    and ``tk`` are the block sizes). Block skipping uses the immediate positions only, so
-    registers may only hide keys, never reveal skipped ones."""
+    and ``tk`` are the block sizes). Blocks are skipped only when the query positions are
+    known at compile time (no ``q_reg``); a key-length register may only hide keys."""
     w = work
     D = head_dim
     if heads % kv_heads:
@@ -97,9 +98,10 @@ def attention(q, k, v, out, *, heads, kv_heads, head_dim, scale, work, q_pos=0, 
                              imm=f32_bits(M_START))]
             for j0 in range(0, keys, w.tk):
                 tk = min(w.tk, keys - j0)
-                if causal and j0 > last_q:
+                # skipping needs the positions at compile time: not with a position register
+                if causal and not q_reg and j0 > last_q:
                     break
-                if window and j0 + tk - 1 <= first_q - window:
+                if window and not q_reg and j0 + tk - 1 <= first_q - window:
                     continue
                 cmds += _block(q, k, v, h, kv, i0, tq, j0, tk, D, scale, w, rows,
                                q_pos, window, causal, q_reg, klen_reg, klen)

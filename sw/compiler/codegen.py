@@ -32,11 +32,12 @@ from npusim.firmware.gemm import gemm_commands, plan_gemm
 from npusim.firmware.rowops import Tile, add, convert, rmsnorm, rope, swiglu, vec
 from npusim.sw import numerics as nx
 from npusim.sw.isa import Command
-from npusim.sw.isa.enums import DType, Engine, Space, VBMode, VectorOp
+from npusim.sw.isa.enums import DType, Engine, RegOp, Space, VBMode, VectorOp
 
 from .reference import rope_tables
 
-__all__ = ["Layout", "DeviceProgram", "generate", "weight_image"]
+__all__ = ["Layout", "DeviceProgram", "generate", "weight_image", "POS_REG", "KLEN_REG",
+           "ROPE_REG"]
 
 _ALIGN = 64
 
@@ -70,6 +71,8 @@ class Layout:
     block_size: int
     kv_blocks: int
     regions: dict = field(default_factory=dict)
+    phase: str = "prefill"
+    max_context: int = 0
 
     def addr(self, name):
         return self.regions[name][0]
@@ -165,25 +168,46 @@ def weight_image(tpg, device):
     return image
 
 
-def generate(tpg, params, *, tokens, block_size=16, kv_blocks=64, bus=None):
-    """Prefill programs, one per device, for a ``tokens``-long prompt (one sequence)."""
+def generate(tpg, params, *, tokens=1, phase="prefill", block_size=16, kv_blocks=64,
+             max_context=None, bus=None):
+    """The programs of one phase, one per device: ``"prefill"`` of a ``tokens``-long prompt
+    (one sequence, positions 0 ..), or ``"decode"`` of one token of a sequence whose position
+    is run-time register ``POS_REG`` and whose keys (up to ``max_context``, default the
+    model's positions) are read through its block table: one decode program serves every
+    step."""
     from npusim.sw.fm.system import BusMap
     bus = bus or BusMap()
+    spec = tpg.graph.spec
+    if phase not in ("prefill", "decode"):
+        raise ValueError(f"phase {phase!r}: prefill or decode")
     if block_size & (block_size - 1):
         raise ValueError(f"block size {block_size} is not a power of two")
-    if tokens > tpg.graph.spec.max_positions:
-        raise ValueError(f"{tokens} tokens: the model has {tpg.graph.spec.max_positions} "
-                         "positions")
-    return [_Device(tpg, params, d, tokens, block_size, kv_blocks, bus).program()
-            for d in range(tpg.tp)]
+    max_context = max_context or spec.max_positions
+    if phase == "decode":
+        tokens = 1
+        if max_context % block_size:
+            raise ValueError(f"the context of {max_context} tokens is not whole blocks of "
+                             f"{block_size}")
+    if tokens > spec.max_positions or max_context > spec.max_positions:
+        raise ValueError(f"{max(tokens, max_context)} tokens: the model has "
+                         f"{spec.max_positions} positions")
+    return [_Device(tpg, params, d, tokens, phase, block_size, kv_blocks, max_context,
+                    bus).program() for d in range(tpg.tp)]
+
+
+#: Run-time registers of a decode program: the new token's position (set by the host), the
+#: number of keys and the RoPE table offset (derived from it by the stream).
+POS_REG, KLEN_REG, ROPE_REG = 1, 2, 3
 
 
 class _Device:
     """The program of one device: its DRAM layout, then one phase per node."""
 
-    def __init__(self, tpg, params, device, tokens, block_size, kv_blocks, bus):
+    def __init__(self, tpg, params, device, tokens, phase, block_size, kv_blocks, max_context,
+                 bus):
         self.tpg, self.params, self.device, self.bus = tpg, params, device, bus
         self.T, self.H = tokens, tpg.graph.spec.hidden
+        self.phase, self.max_context = phase, max_context
         self.block_size, self.kv_blocks = block_size, kv_blocks
         self.image = weight_image(tpg, device)
         self.regs, self.cmds = {}, []
@@ -204,12 +228,14 @@ class _Device:
                                 for n in g.nodes])
         dram.take("ids", 4 * T)
         dram.take("slots", 4 * T)
+        dram.take("table", 4 * (self.max_context // self.block_size))
         for name in ("x", "xn", "y", "qkv", "attn", "gu", "h"):
             dram.take(name, 4 * T * widest)
         self.logit_cols = self.tpg.shards[g.output].attrs["rows"]
         dram.take("logits", 4 * T * self.logit_cols)
         dram.take("recv", 4 * _SLOT)
-        self.layout = Layout(T, self.block_size, self.kv_blocks, dram.regions)
+        self.layout = Layout(T, self.block_size, self.kv_blocks, dram.regions, self.phase,
+                             self.max_context)
 
     def A(self, name):
         return self.layout.regions[name][0]
@@ -219,6 +245,11 @@ class _Device:
 
     def program(self):
         values = {}
+        if self.phase == "decode":
+            row = 4 * self.tpg.graph.spec.head_dim
+            self.cmds += [Command("REG_OP", op=RegOp.ADD, rd=KLEN_REG, rs1=POS_REG, rs2=0, imm=1),
+                          Command("REG_OP", op=RegOp.MUL, rd=ROPE_REG, rs1=POS_REG, rs2=0,
+                                  imm=row)]
         for n in self.tpg.graph.nodes:
             s = self.tpg.shards[n.name]
             if n.op == "embed":
@@ -302,7 +333,13 @@ class _Device:
         rope_rows = sram.take("rope", 4 * T * D)
         scratch = sram.take("rope_scratch", 4 * 4 * T * (D // 2))
         self.cmds += load(qkv.addr, self.A("qkv"), 4 * T * W)
-        self.cmds += load(rope_rows, self.A("rope"), 4 * T * D)
+        if self.phase == "decode":   # the table row of the token's position
+            self.cmds.append(Command("DMA_COPY", engine=Engine.DMA_IN, src_space=Space.DRAM,
+                                     src_reg=ROPE_REG, src_off=self.A("rope"),
+                                     dst_space=Space.SRAM, dst_off=rope_rows, len=4 * D, n1=1,
+                                     n2=1))
+        else:
+            self.cmds += load(rope_rows, self.A("rope"), 4 * T * D)
         self._add_bias(qkv, sram, f"{n.name}.qkv_bias")
         self.cmds += _fence()
         half = D // 2
@@ -323,16 +360,42 @@ class _Device:
                 row_bytes=self.kv_row, row_stride=self.kv_row, src_stride=self.kv_row,
                 block_log2=log2, pool_blocks=self.kv_blocks, n=T, i0=0))
         out = Tile(sram.take("out", 4 * T * qw), T, qw)
-        tq = min(T, 32)
-        work = attention_work(sram.at, tq, tq, D)
-        sram.take("work", work.nbytes)
-        self.cmds += attention(q, k, v, out, heads=heads, kv_heads=kvh, head_dim=D,
-                               scale=n.attrs["scale"], work=work, window=n.attrs["window"])
+        if self.phase == "decode":
+            k, v = self._gather_kv(n, sram, kw)
+            work = attention_work(sram.at, 1, min(self.max_context, 64), D)
+            sram.take("work", work.nbytes)
+            self.cmds += attention(q, k, v, out, heads=heads, kv_heads=kvh, head_dim=D,
+                                   scale=n.attrs["scale"], work=work, window=n.attrs["window"],
+                                   klen=0, klen_reg=KLEN_REG, q_pos=0, q_reg=POS_REG)
+        else:
+            tq = min(T, 32)
+            work = attention_work(sram.at, tq, tq, D)
+            sram.take("work", work.nbytes)
+            self.cmds += attention(q, k, v, out, heads=heads, kv_heads=kvh, head_dim=D,
+                                   scale=n.attrs["scale"], work=work, window=n.attrs["window"])
         ob = Tile(sram.take("out_bf16", 2 * T * qw), T, qw, dtype=DType.BF16)
         self.cmds += convert(out, ob) + _fence()
         self.cmds += store(self.A("attn"), ob.addr, 2 * T * qw) + _fence()
         self._gemm("attn", f"{n.name}.o_t", "y", T, H, qw)
         self._allreduce("y", T * H)
+
+    def _gather_kv(self, n, sram, kw):
+        """Every key and value of the sequence (the new token's just scattered) into the
+        scratchpad through its block table: ``KLEN_REG`` rows of ``max_context``; the rest of
+        V is zeroed (a masked key's probability is 0, but 0 times stale NaN bits is NaN)."""
+        ctx = self.max_context
+        k = Tile(sram.take("k_ctx", 2 * ctx * kw), ctx, kw, dtype=DType.BF16)
+        v = Tile(sram.take("v_ctx", 2 * ctx * kw), ctx, kw, dtype=DType.BF16)
+        self.cmds += _fence() + [vec(VectorOp.AND, v, v, mode=VBMode.IMM, imm=0)] + _fence()
+        log2 = self.block_size.bit_length() - 1
+        for t, pool in ((k, "k_pool"), (v, "v_pool")):
+            self.cmds.append(Command(
+                "DMA_GATHER", engine=Engine.DMA_IN, table_off=self.A("table"),
+                pool_off=self.A(f"{n.name}.{pool}"), dst_space=Space.SRAM, dst_off=t.addr,
+                row_bytes=self.kv_row, row_stride=self.kv_row, dst_stride=self.kv_row,
+                block_log2=log2, pool_blocks=self.kv_blocks, n=0, n_reg=KLEN_REG, t0=0))
+        self.cmds += _fence()
+        return k, v
 
     def _mlp(self, n, s):
         T, H = self.T, self.H

@@ -10,9 +10,9 @@ import numpy as np
 
 from npusim.sw.isa import encode_stream
 
-from .codegen import STREAM_AREA
+from .codegen import POS_REG, STREAM_AREA
 
-__all__ = ["local_ids", "load_weights", "prefill"]
+__all__ = ["local_ids", "load_weights", "prefill", "decode"]
 
 
 def local_ids(tpg, device, tokens):
@@ -39,18 +39,47 @@ def prefill(system, tpg, programs, tokens, slots):
     """Run the prefill ``programs`` for ``tokens`` (their KV rows go to ``slots``):
     ``(logits (tokens x vocab) fp32, cycles)``."""
     T = programs[0].layout.tokens
+    if programs[0].layout.phase != "prefill":
+        raise ValueError("these are decode programs")
     if len(tokens) != T or len(slots) != T:
         raise ValueError(f"the programs were compiled for {T} tokens, got {len(tokens)} "
                          f"tokens and {len(slots)} slots")
+    return _run(system, tpg, programs, tokens, slots, None, {})
+
+
+def decode(system, tpg, programs, token, position, block_table, slot):
+    """Run the decode ``programs`` for one ``token`` at ``position`` of a sequence whose
+    blocks are ``block_table`` (the new token's K and V go to ``slot``): ``(logits (vocab,)
+    fp32, cycles)``."""
+    layout = programs[0].layout
+    if layout.phase != "decode":
+        raise ValueError("these are prefill programs")
+    blocks = -(-(position + 1) // layout.block_size)
+    if position + 1 > layout.max_context:
+        raise ValueError(f"position {position}: the decode programs hold "
+                         f"{layout.max_context} keys")
+    if len(block_table) < blocks:
+        raise ValueError(f"position {position} needs {blocks} blocks, the table has "
+                         f"{len(block_table)}")
+    if slot >> (layout.block_size.bit_length() - 1) != block_table[position // layout.block_size]:
+        raise ValueError(f"slot {slot} is not in the block the table gives position {position}")
+    logits, cycles = _run(system, tpg, programs, [token], [slot], block_table[:blocks],
+                          {POS_REG: position})
+    return logits[0], cycles
+
+
+def _run(system, tpg, programs, tokens, slots, table, regs):
     for p in programs:
         dram = system.devices[p.device].dram
         dram.write(p.layout.addr("ids"), local_ids(tpg, p.device, tokens).view(np.uint8))
         dram.write(p.layout.addr("slots"), np.asarray(slots, np.uint32).view(np.uint8))
+        if table is not None:
+            dram.write(p.layout.addr("table"), np.asarray(table, np.uint32).view(np.uint8))
         stream = encode_stream(p.commands)
         if len(stream) > STREAM_AREA:
             raise ValueError(f"device {p.device}'s stream is {len(stream)} bytes, more than "
                              f"the {STREAM_AREA} of the stream area")
-        system.launch(p.device, stream, 0, regs=p.registers)
+        system.launch(p.device, stream, 0, regs={**p.registers, **regs})
     start = system.kernel.now
     system.run()
     system.check()
@@ -59,5 +88,5 @@ def prefill(system, tpg, programs, tokens, slots):
     for p in programs:
         addr, nbytes = p.layout.regions["logits"]
         parts.append(system.devices[p.device].dram.read(addr, nbytes).view(np.float32)
-                     .reshape(T, -1))
+                     .reshape(len(tokens), -1))
     return np.concatenate(parts, axis=1), cycles

@@ -1,7 +1,9 @@
 """The back end (``sw/compiler/codegen.py``): a captured model compiled for TP = 1, 2, 4
 into one prefill stream per device, run on the functional model, gives the reference's
 logits within the bf16 error bound (the same greedy tokens), writes the prompt's K and V rows
-into the paged pool through the slot mapping, and keeps every semaphore balanced."""
+into the paged pool through the slot mapping, and keeps every semaphore balanced; one decode
+stream per device then serves every following step, reading the keys through the block
+table, with only run-time registers changing."""
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from npusim.sw import numerics as nx
 from npusim.sw.compiler.capture import capture
 from npusim.sw.compiler.codegen import generate
-from npusim.sw.compiler.execute import load_weights, local_ids, prefill
+from npusim.sw.compiler.execute import decode, load_weights, local_ids, prefill
 from npusim.sw.compiler.models import build_model
 from npusim.sw.compiler.reference import apply_rope, forward, rmsnorm, rope_tables
 from npusim.sw.compiler.tp import split
@@ -103,3 +105,47 @@ def test_host_side_errors():
         generate(tpg, DEFAULT, tokens=1024)
     with pytest.raises(ValueError, match="power of two"):
         generate(tpg, DEFAULT, tokens=16, block_size=12)
+
+
+@pytest.mark.parametrize("preset, tp", [("tiny-llama", 1), ("tiny-mistral", 2),
+                                        ("tiny-qwen2", 4)])
+def test_prefill_then_decode_steps(preset, tp):
+    """16 prompt tokens in blocks 5 and 2 of a shuffled table, then 8 greedy decode steps
+    (positions 16..23, into block 7; past tiny-mistral's 16-key window) with the same decode
+    programs: every step's logits within the bound of the reference run over the whole
+    sequence so far."""
+    g = graph(preset)
+    tpg = split(g, tp)
+    T, bs, table = 16, 16, [5, 2, 7, 1]
+    pre = generate(tpg, DEFAULT, tokens=T)
+    dec = generate(tpg, DEFAULT, phase="decode", max_context=64)
+    system = System(tp, DEFAULT)
+    load_weights(system, pre)
+
+    def slot(pos):
+        return table[pos // bs] * bs + pos % bs
+    ids = list(np.random.default_rng(tp).integers(0, g.spec.vocab, T))
+    logits, _ = prefill(system, tpg, pre, ids, [slot(i) for i in range(T)])
+    token = int(logits[-1].argmax())
+    for pos in range(T, T + 8):
+        ids.append(token)
+        logits, _ = decode(system, tpg, dec, token, pos, table, slot(pos))
+        ref = forward(g, np.array(ids))[-1]
+        assert np.abs(logits - ref).max() <= BOUND * np.abs(ref).max(), pos
+        token = int(logits.argmax())
+
+
+def test_decode_errors():
+    tpg = split(graph("tiny-llama"), 1)
+    dec = generate(tpg, DEFAULT, phase="decode", max_context=32)
+    system = System(1, DEFAULT)
+    with pytest.raises(ValueError, match="hold 32 keys"):
+        decode(system, tpg, dec, 1, 32, [0, 1, 2], 32)
+    with pytest.raises(ValueError, match="needs 2 blocks"):
+        decode(system, tpg, dec, 1, 20, [0], 20)
+    with pytest.raises(ValueError, match="not in the block"):
+        decode(system, tpg, dec, 1, 20, [0, 3], 20)
+    with pytest.raises(ValueError, match="whole blocks"):
+        generate(tpg, DEFAULT, phase="decode", max_context=40)
+    with pytest.raises(ValueError, match="these are decode programs"):
+        prefill(system, tpg, dec, [1], [0])
