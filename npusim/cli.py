@@ -132,6 +132,24 @@ def cmd_sim(args):
     return run_flagship(devices=args.devices)
 
 
+def cmd_compile(args):
+    from .sw.compiler.driver import compile_model, summary, write
+    from .sw.compiler.graph import GraphError
+    from .sw.params import DEFAULT
+    try:
+        compiled = compile_model(args.config, args.tp, DEFAULT, tokens=args.tokens,
+                                 block_size=args.block_size, kv_blocks=args.kv_blocks,
+                                 max_context=args.max_context, seed=args.seed,
+                                 estimate=not args.no_estimate)
+    except (GraphError, ValueError, FileNotFoundError) as e:
+        print(f"npusim compile: {e}", file=sys.stderr)
+        return 2
+    write(compiled, args.output)
+    print(summary(compiled))
+    print(f"wrote {args.output}/manifest.json")
+    return 0
+
+
 def cmd_bench(args):
     from .benchmarks import run_benchmarks
     return run_benchmarks(args.name, record=args.record)
@@ -184,6 +202,22 @@ def build_parser():
     s = sub.add_parser("sim", help="the flagship simulation")
     s.add_argument("--devices", type=int, default=2)
     s.set_defaults(func=cmd_sim)
+
+    s = sub.add_parser("compile", help="compile a model to per-device command streams")
+    s.add_argument("--config", required=True,
+                   help="a preset (tiny-llama, tiny-mistral, tiny-qwen2, tiny-npusim, "
+                        "llama-layer) or a Hugging Face config.json")
+    s.add_argument("--tp", type=int, default=1, help="tensor-parallel devices")
+    s.add_argument("-o", "--output", required=True, help="output directory")
+    s.add_argument("--tokens", type=int, default=16, help="prefill bucket (prompt tokens)")
+    s.add_argument("--block-size", type=int, default=16, help="KV block size in tokens")
+    s.add_argument("--kv-blocks", type=int, default=64, help="KV blocks per device")
+    s.add_argument("--max-context", type=int, default=None,
+                   help="keys a decode step can see (default: the model's positions)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    s.add_argument("--no-estimate", action="store_true",
+                   help="skip the cycle estimate on the functional model")
+    s.set_defaults(func=cmd_compile)
 
     s = sub.add_parser("bench", help="run a benchmark (or all) and print its figures")
     s.add_argument("name", help="benchmark name, or 'all'")

@@ -27,7 +27,7 @@ def npusim(*args, check=True):
 def test_version_and_help():
     assert npusim("--version").stdout.strip() == f"npusim {__version__}"
     out = npusim("--help").stdout
-    for command in ("disasm", "run", "sim", "bench", "example", "docs"):
+    for command in ("disasm", "run", "sim", "bench", "example", "docs", "compile"):
         assert command in out
 
 
@@ -126,3 +126,40 @@ def test_layering_sw_and_firmware_never_import_hw(package):
 def test_bench_lists_its_benchmarks():
     proc = npusim("bench", "no-such-benchmark", check=False)
     assert proc.returncode == 2 and "fm-speed" in proc.stdout and "gemm" in proc.stdout
+
+
+def test_compile_writes_streams_weights_and_manifest(tmp_path):
+    """``npusim compile`` of a preset at TP = 2: a summary per phase and device, streams the
+    disassembler reads, weight images whose regions are where the manifest says, and the
+    manifest's KV geometry and run-time registers."""
+    out = tmp_path / "tiny"
+    proc = npusim("compile", "--config", "tiny-llama", "--tp", 2, "-o", out, "--tokens", 16,
+                  "--max-context", 64)
+    assert "llama: 2 layers, hidden 64, 4 heads (2 KV), vocab 256; TP = 2" in proc.stdout
+    assert "decode        1" in proc.stdout
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["format"], m["version"], m["tp"]) == ("npusim-manifest", 1, 2)
+    assert m["kv"]["block_size"] == 16 and m["kv"]["kv_heads_per_device"] == 1
+    assert m["registers"]["position"] == 1
+    assert m["phases"]["decode"]["max_context"] == 64
+    for phase in ("prefill", "decode"):
+        for dev in m["phases"][phase]["devices"]:
+            assert dev["estimated_cycles"] > 0
+            assert npusim("disasm", out / dev["stream"]).stdout.startswith(
+                f"; npusim stream, ISA 1.0, {dev['commands']} commands")
+    w = m["weights"][1]
+    blob = (out / w["file"]).read_bytes()
+    assert len(blob) == w["bytes"]
+    offset, addr, size = w["regions"]["norm.weight"]
+    assert size == 4 * 64 and addr >= 0x10_0000
+    assert np.frombuffer(blob[offset:offset + size], np.float32).shape == (64,)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "tiny-llama", "--tp", 8], "query heads 4 do not split evenly over TP = 8"),
+    (["--config", "no-such-model"], "neither a preset"),
+])
+def test_compile_errors(tmp_path, args, message):
+    proc = npusim("compile", *args, "-o", tmp_path / "x", check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr

@@ -237,7 +237,7 @@ def capture(model, *, prompt_len=8, name=None):
     for (path, role), members in groups.items():
         if role in ("glue", "rotary"):
             continue
-        name = short(path)
+        node_name = short(path)
         if role == "layer":
             for n in members:
                 if str(n.target) == "aten.add.Tensor":
@@ -245,8 +245,8 @@ def capture(model, *, prompt_len=8, name=None):
                     if None in ins:
                         raise UnsupportedOp(f"the residual add {path} reads a value the "
                                             "compiler does not compute")
-                    nodes.append(Node(name, "add", tuple(ins)))
-                    value_of[n] = name
+                    nodes.append(Node(node_name, "add", tuple(ins)))
+                    value_of[n] = node_name
             continue
         ins = inputs_of(members)
         outs = outputs(members)
@@ -254,7 +254,7 @@ def capture(model, *, prompt_len=8, name=None):
             raise UnsupportedOp(f"{path} ({role}) hands {len(outs)} values to the rest of "
                                 "the model, not one")
         op = {"lm_head": "linear"}.get(role, role)
-        node = Node(name, op, ins)
+        node = Node(node_name, op, ins)
         by_target = {}
         for n in members:
             by_target.setdefault(str(n.target), []).append(n)
@@ -276,8 +276,8 @@ def capture(model, *, prompt_len=8, name=None):
         elif role == "mlp":
             _mlp(node, members, by_target, linear, path, dims)
         nodes.append(node)
-        paths[name] = path
-        value_of[outs[0]] = name
+        paths[node_name] = path
+        value_of[outs[0]] = node_name
 
     out = [a for a in g.output_node().args[0] if hasattr(a, "op")]
     logits = value_of.get(source(out[0])) if out else None

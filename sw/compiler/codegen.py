@@ -277,14 +277,21 @@ class _Device:
     # -- phases ---------------------------------------------------------------------------
 
     def _allreduce(self, region, count):
+        """Ring all-reduce of ``count`` fp32 in DRAM ``region``, in slices whose adds fit the
+        scratchpad (a DRAM all-reduce sums into an SRAM work area of its size)."""
         tp = self.tpg.tp
         if tp == 1:
             return
-        plan = col.plan_allreduce(self.params, tp, count, col.Buffer.dram(self.A(region)),
-                                  recv=self.A("recv"), stage=0, work=2 * _SLOT,
-                                  slot_bytes=_SLOT, recv_slots=4)
-        self.regs.update(col.ring_registers(plan, self.device, self.bus))
-        self.cmds += col.ring_allreduce(plan, self.device) + _fence()
+        work = 2 * _SLOT
+        most = (self.params.sram_bytes - work) // 4 // 16 * 16
+        for at in range(0, count, most):
+            n = min(most, count - at)
+            plan = col.plan_allreduce(self.params, tp, n,
+                                      col.Buffer.dram(self.A(region) + 4 * at),
+                                      recv=self.A("recv"), stage=0, work=work,
+                                      slot_bytes=_SLOT, recv_slots=4)
+            self.regs.update(col.ring_registers(plan, self.device, self.bus))
+            self.cmds += col.ring_allreduce(plan, self.device) + _fence()
 
     def _embed(self, n, s):
         T, H = self.T, self.H
@@ -295,44 +302,70 @@ class _Device:
                               n=T, t0=0)] + _fence()
         self._allreduce("x", T * H)
 
+    def _chunks(self, per_row, fixed=0, what="phase"):
+        """``(first row, rows)`` pieces of the ``T`` rows such that ``fixed`` bytes plus
+        ``per_row`` bytes per row (plus alignment) fit the scratchpad."""
+        room = self.params.sram_bytes - fixed - 16 * _ALIGN
+        rows = min(self.T, room // per_row) if per_row else self.T
+        if rows < 1:
+            raise ValueError(f"{what}: one row needs {per_row + fixed} bytes of scratchpad, "
+                             f"{self.params.sram_bytes} are there")
+        return [(r, min(rows, self.T - r)) for r in range(0, self.T, rows)]
+
     def _rmsnorm(self, n, src):
-        T, H = self.T, self.H
-        sram = _Arena(0, self.params.sram_bytes, "scratchpad (rmsnorm)")
-        x = Tile(sram.take("x", 4 * T * H), T, H)
-        sq = Tile(sram.take("squares", 4 * T * H), T, H)
-        stats = sram.take("stats", 4 * T)
-        w = sram.take("weight", 4 * H)
-        xn = Tile(sram.take("xn", 2 * T * H), T, H, dtype=DType.BF16)
-        self.cmds += load(x.addr, self.A(src), 4 * T * H)
-        self.cmds += load(w, self.A(f"{n.name}.weight"), 4 * H) + _fence()
-        self.cmds += rmsnorm(x, w, xn, n.attrs["eps"], squares=sq, stats=stats) + _fence()
-        self.cmds += store(self.A("xn"), xn.addr, 2 * T * H) + _fence()
+        H = self.H
+        for r0, rows in self._chunks(14 * H + 4, 4 * H, "rmsnorm"):
+            sram = _Arena(0, self.params.sram_bytes, "scratchpad (rmsnorm)")
+            w = sram.take("weight", 4 * H)
+            x = Tile(sram.take("x", 4 * rows * H), rows, H)
+            sq = Tile(sram.take("squares", 4 * rows * H), rows, H)
+            stats = sram.take("stats", 4 * rows)
+            xn = Tile(sram.take("xn", 2 * rows * H), rows, H, dtype=DType.BF16)
+            self.cmds += load(x.addr, self.A(src) + 4 * r0 * H, 4 * rows * H)
+            self.cmds += load(w, self.A(f"{n.name}.weight"), 4 * H) + _fence()
+            self.cmds += rmsnorm(x, w, xn, n.attrs["eps"], squares=sq, stats=stats) + _fence()
+            self.cmds += store(self.A("xn") + 2 * r0 * H, xn.addr, 2 * rows * H) + _fence()
 
     def _gemm(self, a, b, c, m, n, k):
         plan = plan_gemm(self.params, m, n, k, tm=_tile(m), tn=_tile(n), tk=_tile(k))
         self.cmds += gemm_commands(plan, self.A(a), self.A(b), self.A(c)) + _fence()
 
-    def _add_bias(self, tile, sram, region):
-        """tile += the fp32 vector ``region`` broadcast down the rows."""
+    def _add_bias(self, tile, sram, region, offset=0):
+        """tile += the fp32 vector ``region`` (from element ``offset``) down the rows."""
         if not self.has(region):
             return
-        b = sram.take("bias", 4 * tile.cols)
-        self.cmds += load(b, self.A(region), 4 * tile.cols) + _fence()
+        b = sram.take(f"bias{offset}", 4 * tile.cols)
+        self.cmds += load(b, self.A(region) + 4 * offset, 4 * tile.cols) + _fence()
         self.cmds += [vec(VectorOp.ADD, tile, tile, Tile(b, 1, tile.cols), mode=VBMode.COL,
                           ldb=tile.cols)]
 
     def _attention(self, n, s):
+        """QKV GEMM, then per KV head (with its group of query heads): biases, RoPE, bf16,
+        its K and V columns into the pools, attention, the output columns back; O GEMM."""
         T, H = self.T, self.H
         a = s.attrs
         heads, kvh, D = a["heads"], a["kv_heads"], a["head_dim"]
+        group = heads // kvh
         qw, kw = heads * D, kvh * D
         W = qw + 2 * kw
         self._gemm("xn", f"{n.name}.qkv_t", "qkv", T, W, H)
-        sram = _Arena(0, self.params.sram_bytes, "scratchpad (attention)")
-        qkv = Tile(sram.take("qkv", 4 * T * W), T, W)
+        for g in range(kvh):
+            self._attention_group(n, g, group, D, qw, kw, W)
+        self._gemm("attn", f"{n.name}.o_t", "y", T, H, qw)
+        self._allreduce("y", T * H)
+
+    def _attention_group(self, n, g, group, D, qw, kw, W):
+        T = self.T
+        gw = group * D
+        sram = _Arena(0, self.params.sram_bytes, "scratchpad (attention of one KV head; a "
+                      "shorter prefill bucket fits)")
+        cols = {"q": (g * gw, gw), "k": (qw + g * D, D), "v": (qw + kw + g * D, D)}
+        f32 = {r: Tile(sram.take(r, 4 * T * w), T, w) for r, (_, w) in cols.items()}
+        for r, (c0, w) in cols.items():
+            self.cmds += [_copy2d(Engine.DMA_IN, Space.DRAM, self.A("qkv") + 4 * c0, 4 * W,
+                                  Space.SRAM, f32[r].addr, 4 * w, T, 4 * w)]
         rope_rows = sram.take("rope", 4 * T * D)
         scratch = sram.take("rope_scratch", 4 * 4 * T * (D // 2))
-        self.cmds += load(qkv.addr, self.A("qkv"), 4 * T * W)
         if self.phase == "decode":   # the table row of the token's position
             self.cmds.append(Command("DMA_COPY", engine=Engine.DMA_IN, src_space=Space.DRAM,
                                      src_reg=ROPE_REG, src_off=self.A("rope"),
@@ -340,59 +373,60 @@ class _Device:
                                      n2=1))
         else:
             self.cmds += load(rope_rows, self.A("rope"), 4 * T * D)
-        self._add_bias(qkv, sram, f"{n.name}.qkv_bias")
+        for r, (c0, w) in cols.items():
+            self._add_bias(f32[r], sram, f"{n.name}.qkv_bias", c0)
         self.cmds += _fence()
         half = D // 2
         cos, sin = Tile(rope_rows, T, half, D), Tile(rope_rows + 4 * half, T, half, D)
-        self.cmds += rope(qkv.cols_at(0, qw), cos, sin, heads, D, scratch=scratch)
-        self.cmds += rope(qkv.cols_at(qw, kw), cos, sin, kvh, D, scratch=scratch)
-        q = Tile(sram.take("q", 2 * T * qw), T, qw, dtype=DType.BF16)
-        k = Tile(sram.take("k", 2 * T * kw), T, kw, dtype=DType.BF16)
-        v = Tile(sram.take("v", 2 * T * kw), T, kw, dtype=DType.BF16)
-        self.cmds += convert(qkv.cols_at(0, qw), q) + convert(qkv.cols_at(qw, kw), k)
-        self.cmds += convert(qkv.cols_at(qw + kw, kw), v) + _fence()
-        # the new K and V rows into the paged pool, one slot per token
+        self.cmds += rope(f32["q"], cos, sin, group, D, scratch=scratch)
+        self.cmds += rope(f32["k"], cos, sin, 1, D, scratch=scratch)
+        b16 = {r: Tile(sram.take(f"{r}16", 2 * T * w), T, w, dtype=DType.BF16)
+               for r, (_, w) in cols.items()}
+        for r in cols:
+            self.cmds += convert(f32[r], b16[r])
+        self.cmds += _fence()
+        # this head's K and V rows into the pools, one slot per token
         log2 = self.block_size.bit_length() - 1
-        for t, pool in ((k, "k_pool"), (v, "v_pool")):
+        for r, pool in (("k", "k_pool"), ("v", "v_pool")):
             self.cmds.append(Command(
                 "DMA_SCATTER", engine=Engine.DMA_OUT, slots_off=self.A("slots"),
-                pool_off=self.A(f"{n.name}.{pool}"), src_space=Space.SRAM, src_off=t.addr,
-                row_bytes=self.kv_row, row_stride=self.kv_row, src_stride=self.kv_row,
+                pool_off=self.A(f"{n.name}.{pool}") + 2 * g * D, src_space=Space.SRAM,
+                src_off=b16[r].addr, row_bytes=2 * D, row_stride=self.kv_row, src_stride=2 * D,
                 block_log2=log2, pool_blocks=self.kv_blocks, n=T, i0=0))
-        out = Tile(sram.take("out", 4 * T * qw), T, qw)
+        out = Tile(sram.take("out", 4 * T * gw), T, gw)
+        kw_args = dict(heads=group, kv_heads=1, head_dim=D, scale=n.attrs["scale"],
+                       window=n.attrs["window"])
         if self.phase == "decode":
-            k, v = self._gather_kv(n, sram, kw)
+            k, v = self._gather_kv(n, g, sram, D)
             work = attention_work(sram.at, 1, min(self.max_context, 64), D)
             sram.take("work", work.nbytes)
-            self.cmds += attention(q, k, v, out, heads=heads, kv_heads=kvh, head_dim=D,
-                                   scale=n.attrs["scale"], work=work, window=n.attrs["window"],
-                                   klen=0, klen_reg=KLEN_REG, q_pos=0, q_reg=POS_REG)
+            self.cmds += attention(b16["q"], k, v, out, work=work, klen=0, klen_reg=KLEN_REG,
+                                   q_pos=0, q_reg=POS_REG, **kw_args)
         else:
             tq = min(T, 32)
             work = attention_work(sram.at, tq, tq, D)
             sram.take("work", work.nbytes)
-            self.cmds += attention(q, k, v, out, heads=heads, kv_heads=kvh, head_dim=D,
-                                   scale=n.attrs["scale"], work=work, window=n.attrs["window"])
-        ob = Tile(sram.take("out_bf16", 2 * T * qw), T, qw, dtype=DType.BF16)
+            self.cmds += attention(b16["q"], b16["k"], b16["v"], out, work=work, **kw_args)
+        ob = Tile(sram.take("out16", 2 * T * gw), T, gw, dtype=DType.BF16)
         self.cmds += convert(out, ob) + _fence()
-        self.cmds += store(self.A("attn"), ob.addr, 2 * T * qw) + _fence()
-        self._gemm("attn", f"{n.name}.o_t", "y", T, H, qw)
-        self._allreduce("y", T * H)
+        self.cmds += [_copy2d(Engine.DMA_OUT, Space.SRAM, ob.addr, 2 * gw, Space.DRAM,
+                              self.A("attn") + 2 * g * gw, 2 * gw, T, 2 * qw)] + _fence()
 
-    def _gather_kv(self, n, sram, kw):
-        """Every key and value of the sequence (the new token's just scattered) into the
-        scratchpad through its block table: ``KLEN_REG`` rows of ``max_context``; the rest of
-        V is zeroed (a masked key's probability is 0, but 0 times stale NaN bits is NaN)."""
+    def _gather_kv(self, n, g, sram, D):
+        """KV head ``g``'s keys and values of the sequence (the new token's just scattered)
+        into the scratchpad through its block table: ``KLEN_REG`` rows of ``max_context``;
+        the rest of V is zeroed (a masked key's probability is 0, but 0 times stale NaN bits
+        is NaN)."""
         ctx = self.max_context
-        k = Tile(sram.take("k_ctx", 2 * ctx * kw), ctx, kw, dtype=DType.BF16)
-        v = Tile(sram.take("v_ctx", 2 * ctx * kw), ctx, kw, dtype=DType.BF16)
+        k = Tile(sram.take("k_ctx", 2 * ctx * D), ctx, D, dtype=DType.BF16)
+        v = Tile(sram.take("v_ctx", 2 * ctx * D), ctx, D, dtype=DType.BF16)
         self.cmds += _fence() + [vec(VectorOp.AND, v, v, mode=VBMode.IMM, imm=0)] + _fence()
         log2 = self.block_size.bit_length() - 1
         for t, pool in ((k, "k_pool"), (v, "v_pool")):
             self.cmds.append(Command(
                 "DMA_GATHER", engine=Engine.DMA_IN, table_off=self.A("table"),
-                pool_off=self.A(f"{n.name}.{pool}"), dst_space=Space.SRAM, dst_off=t.addr,
-                row_bytes=self.kv_row, row_stride=self.kv_row, dst_stride=self.kv_row,
+                pool_off=self.A(f"{n.name}.{pool}") + 2 * g * D, dst_space=Space.SRAM,
+                dst_off=t.addr, row_bytes=2 * D, row_stride=self.kv_row, dst_stride=2 * D,
                 block_log2=log2, pool_blocks=self.kv_blocks, n=0, n_reg=KLEN_REG, t0=0))
         self.cmds += _fence()
         return k, v
@@ -401,37 +435,55 @@ class _Device:
         T, H = self.T, self.H
         inter = s.attrs["intermediate"]
         self._gemm("xn", f"{n.name}.gate_up_t", "gu", T, 2 * inter, H)
-        sram = _Arena(0, self.params.sram_bytes, "scratchpad (mlp)")
-        gu = Tile(sram.take("gu", 4 * T * 2 * inter), T, 2 * inter)
-        self.cmds += load(gu.addr, self.A("gu"), 4 * T * 2 * inter) + _fence()
-        self._add_bias(gu, sram, f"{n.name}.gate_up_bias")
-        h = Tile(sram.take("h", 2 * T * inter), T, inter, dtype=DType.BF16)
-        self.cmds += swiglu(gu.cols_at(0, inter), gu.cols_at(inter, inter), h) + _fence()
-        self.cmds += store(self.A("h"), h.addr, 2 * T * inter) + _fence()
+        for r0, rows in self._chunks(8 * inter + 2 * inter, 8 * inter, "swiglu"):
+            sram = _Arena(0, self.params.sram_bytes, "scratchpad (swiglu)")
+            gu = Tile(sram.take("gu", 4 * rows * 2 * inter), rows, 2 * inter)
+            self.cmds += load(gu.addr, self.A("gu") + 8 * r0 * inter, 8 * rows * inter)
+            self.cmds += _fence()
+            self._add_bias(gu, sram, f"{n.name}.gate_up_bias")
+            h = Tile(sram.take("h", 2 * rows * inter), rows, inter, dtype=DType.BF16)
+            self.cmds += swiglu(gu.cols_at(0, inter), gu.cols_at(inter, inter), h) + _fence()
+            self.cmds += store(self.A("h") + 2 * r0 * inter, h.addr, 2 * rows * inter)
+            self.cmds += _fence()
         self._gemm("h", f"{n.name}.down_t", "y", T, H, inter)
         self._allreduce("y", T * H)
 
     def _residual(self, a, b, bias):
         """x = a + b (+ the bias of the row-parallel layer that made b, added once, after
         the all-reduce)."""
-        T, H = self.T, self.H
-        sram = _Arena(0, self.params.sram_bytes, "scratchpad (residual)")
-        xa, xb = Tile(sram.take("a", 4 * T * H), T, H), Tile(sram.take("b", 4 * T * H), T, H)
-        self.cmds += load(xa.addr, self.A(a), 4 * T * H) + load(xb.addr, self.A(b), 4 * T * H)
-        self.cmds += _fence() + add(xa, xb, xa)
-        if bias:
-            self._add_bias(xa, sram, bias)
-        self.cmds += _fence() + store(self.A("x"), xa.addr, 4 * T * H) + _fence()
+        H = self.H
+        for r0, rows in self._chunks(8 * H, 4 * H, "residual"):
+            sram = _Arena(0, self.params.sram_bytes, "scratchpad (residual)")
+            xa = Tile(sram.take("a", 4 * rows * H), rows, H)
+            xb = Tile(sram.take("b", 4 * rows * H), rows, H)
+            self.cmds += load(xa.addr, self.A(a) + 4 * r0 * H, 4 * rows * H)
+            self.cmds += load(xb.addr, self.A(b) + 4 * r0 * H, 4 * rows * H)
+            self.cmds += _fence() + add(xa, xb, xa)
+            if bias:
+                self._add_bias(xa, sram, bias)
+            self.cmds += _fence() + store(self.A("x") + 4 * r0 * H, xa.addr, 4 * rows * H)
+            self.cmds += _fence()
 
     def _lm_head(self, n, s, src):
-        T, H, rows = self.T, self.H, s.attrs["rows"]
-        self._gemm(src, f"{n.name}.wt", "logits", T, rows, H)
-        if self.has(f"{n.name}.bias"):
+        T, H, cols = self.T, self.H, s.attrs["rows"]
+        self._gemm(src, f"{n.name}.wt", "logits", T, cols, H)
+        if not self.has(f"{n.name}.bias"):
+            return
+        for r0, rows in self._chunks(4 * cols, 4 * cols, "LM head bias"):
             sram = _Arena(0, self.params.sram_bytes, "scratchpad (LM head bias)")
-            t = Tile(sram.take("logits", 4 * T * rows), T, rows)
-            self.cmds += load(t.addr, self.A("logits"), 4 * T * rows) + _fence()
+            t = Tile(sram.take("logits", 4 * rows * cols), rows, cols)
+            self.cmds += load(t.addr, self.A("logits") + 4 * r0 * cols, 4 * rows * cols)
+            self.cmds += _fence()
             self._add_bias(t, sram, f"{n.name}.bias")
-            self.cmds += _fence() + store(self.A("logits"), t.addr, 4 * T * rows) + _fence()
+            self.cmds += _fence() + store(self.A("logits") + 4 * r0 * cols, t.addr,
+                                          4 * rows * cols) + _fence()
+
+
+def _copy2d(engine, src_space, src, src_stride, dst_space, dst, row_bytes, rows, dst_stride):
+    """One DMA_COPY of ``rows`` rows of ``row_bytes``."""
+    return Command("DMA_COPY", engine=engine, src_space=src_space, src_off=src,
+                   dst_space=dst_space, dst_off=dst, len=row_bytes, n1=rows, n2=1,
+                   src_stride1=src_stride, dst_stride1=dst_stride)
 
 
 #: Bytes of one collective piece and receive slot.

@@ -116,3 +116,8 @@ def test_graph_checks_its_rules():
         Graph(graph.spec, [Node("e", "embed", ("tokens",))], {}, "e")
     with pytest.raises(GraphError, match="before it is computed"):
         Graph(graph.spec, [Node("a", "add", ("b", "tokens"))], {}, "a")
+
+
+def test_model_name():
+    assert capture(build_model("tiny-llama")).spec.name == "llama"
+    assert capture(build_model("tiny-npusim")).spec.name == "npusim"
