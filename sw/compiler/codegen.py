@@ -36,8 +36,8 @@ from npusim.sw.isa.enums import DType, Engine, RegOp, Space, VBMode, VectorOp
 
 from .reference import rope_tables
 
-__all__ = ["Layout", "DeviceProgram", "generate", "weight_image", "POS_REG", "KLEN_REG",
-           "ROPE_REG"]
+__all__ = ["Layout", "DeviceProgram", "generate", "weight_image", "stream_area", "POS_REG",
+           "KLEN_REG", "ROPE_REG"]
 
 _ALIGN = 64
 
@@ -73,6 +73,7 @@ class Layout:
     regions: dict = field(default_factory=dict)
     phase: str = "prefill"
     max_context: int = 0
+    stream_bytes: int = 0    #: DRAM from 0 left for the streams
 
     def addr(self, name):
         return self.regions[name][0]
@@ -89,8 +90,10 @@ class DeviceProgram:
     registers: dict
 
 
-#: DRAM below this holds streams and completion records (the runtime's).
-STREAM_AREA = 0x10_0000
+def stream_area(params):
+    """Bytes at the bottom of DRAM for the streams (the runtime's): 8 MiB, or a quarter of a
+    smaller DRAM."""
+    return min(8 << 20, params.dram_bytes // 4)
 
 
 def _bf16_bytes(a):
@@ -215,7 +218,8 @@ class _Device:
 
     def _layout(self):
         g, T, H = self.tpg.graph, self.T, self.H
-        dram = _Arena(STREAM_AREA, self.params.dram_bytes, f"device {self.device} DRAM")
+        dram = _Arena(stream_area(self.params), self.params.dram_bytes,
+                      f"device {self.device} DRAM")
         for name, data in self.image.items():
             dram.take(name, len(data))
         attn = [self.tpg.shards[n.name].attrs for n in g.nodes if n.op == "attention"]
@@ -235,7 +239,7 @@ class _Device:
         dram.take("logits", 4 * T * self.logit_cols)
         dram.take("recv", 4 * _SLOT)
         self.layout = Layout(T, self.block_size, self.kv_blocks, dram.regions, self.phase,
-                             self.max_context)
+                             self.max_context, stream_area(self.params))
 
     def A(self, name):
         return self.layout.regions[name][0]

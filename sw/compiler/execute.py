@@ -10,7 +10,7 @@ import numpy as np
 
 from npusim.sw.isa import encode_stream
 
-from .codegen import POS_REG, STREAM_AREA
+from .codegen import POS_REG
 
 __all__ = ["local_ids", "load_weights", "prefill", "decode"]
 
@@ -76,9 +76,9 @@ def _run(system, tpg, programs, tokens, slots, table, regs):
         if table is not None:
             dram.write(p.layout.addr("table"), np.asarray(table, np.uint32).view(np.uint8))
         stream = encode_stream(p.commands)
-        if len(stream) > STREAM_AREA:
+        if len(stream) > p.layout.stream_bytes:
             raise ValueError(f"device {p.device}'s stream is {len(stream)} bytes, more than "
-                             f"the {STREAM_AREA} of the stream area")
+                             f"the {p.layout.stream_bytes} of the stream area")
         system.launch(p.device, stream, 0, regs={**p.registers, **regs})
     start = system.kernel.now
     system.run()
