@@ -303,21 +303,23 @@ def bench_gemm_dram():
             **_run_summary(run)}
 
 
-def _system_cases(cases, n):
-    """Run system cases on the ``n``-device RTL system (``cosim/system_timing.py``): ``(rows,
-    run, cycles_per_second)``, the speed over the timed parts of every case."""
+def _system_cases(cases, n, params=None):
+    """Run system cases on the ``n``-device RTL system (``cosim/system_timing.py``; built for
+    ``params``, default the test system's): ``(rows, run, cycles_per_second)``, the speed
+    over the timed parts of every case."""
     from .cosim.system_timing import measure
-    rows, run = measure(cases, n)
+    from .cosim.system_top import SYSTEM_PARAMS
+    rows, run = measure(cases, n, params or SYSTEM_PARAMS)
     wall = sum(r["wall_s"] for r in rows)
     return rows, run, (round(sum(r["cycles"] for r in rows) / wall) if wall else None)
 
 
-def _system_summary(run, speed):
+def _system_summary(run, speed, params=None):
     from .cosim.system_top import SYSTEM_PARAMS
     _print_run(run, speed)
     return {"rtl_cycles_per_second": speed, "build_seconds": round(run["build_seconds"], 1),
             "cached": run["cached"], "simulation_seconds": round(run["simulation_seconds"], 1),
-            "params": SYSTEM_PARAMS.as_dict()}
+            "params": (params or SYSTEM_PARAMS).as_dict()}
 
 
 def bench_link():
@@ -350,51 +352,39 @@ def bench_link():
 
 
 def bench_allreduce():
-    """Ring all-reduce bus bandwidth on the RTL system, n = 2 and 4 devices: the largest
-    fp32 vector the 64 KiB scratchpad holds with its staging slots (32 KiB), in place;
-    busbw = S / t * 2 (n - 1) / n (nccl-tests), t the span from the first device starting to
-    the last finishing, as a fraction of the link's raw bandwidth per direction. The
-    functional model's estimate for the same plan, and for larger vectors (which the test
-    system's scratchpad cannot hold), is printed beside it."""
-    from .cosim.system_timing import allreduce_case, fm_run
-    from .cosim.system_top import SYSTEM_BUS, SYSTEM_PARAMS as p
-    from .sw.fm.system import System
+    """Ring all-reduce bus bandwidth on the RTL system, n = 2 and 4 devices, fp32 vectors of
+    32, 128 and 256 KiB in place in the scratchpad (the system is built with a 512 KiB
+    scratchpad for it: the vector and its staging slots); busbw = S / t * 2 (n - 1) / n
+    (nccl-tests), t the span from the first device starting to the last finishing, as a
+    fraction of the link's raw bandwidth per direction. The figures are the largest
+    vector's; the functional model's estimate for every plan is printed beside it."""
+    from .cosim.system_timing import allreduce_case
+    from .cosim.system_top import SYSTEM_PARAMS
+    p = SYSTEM_PARAMS.replace(sram_bytes=512 << 10)
     raw = p.link_bytes_per_cycle
-    count = 8192
+    sizes = (32 << 10, 128 << 10, 256 << 10)
     figures, rows_out, runs = {}, [], []
     for n in (2, 4):
-        rows, run, speed = _system_cases([allreduce_case(n, count)], n)
-        r = rows[0]
-        nbytes = 4 * count
-
-        def fraction(cycles):
-            return nbytes / cycles * 2 * (n - 1) / n / raw
-        figures[f"busbw_fraction_n{n}"] = round(fraction(r["rtl"]), 4)
-        rows_out.append({"devices": n, "bytes": nbytes, "cycles": r["rtl"],
-                         "busbw_fraction": round(fraction(r["rtl"]), 4), "fm_cycles": r["fm"],
-                         "fm_busbw_fraction": round(fraction(r["fm"]), 4),
-                         "slot_bytes": r["info"]["slot_bytes"], "rtl_cycles_per_second": speed})
+        rows, run, speed = _system_cases([allreduce_case(n, s // 4, params=p) for s in sizes],
+                                         n, params=p)
         runs.append(run)
-    print(f"{'devices':>7} {'bytes':>7} {'cycles':>7} {'busbw':>7} {'FM cycles':>9} {'FM busbw':>8}")
+        for nbytes, r in zip(sizes, rows):
+            def fraction(cycles):
+                return nbytes / cycles * 2 * (n - 1) / n / raw
+            rows_out.append({"devices": n, "bytes": nbytes, "cycles": r["rtl"],
+                             "busbw_fraction": round(fraction(r["rtl"]), 4),
+                             "fm_cycles": r["fm"], "fm_busbw_fraction": round(fraction(r["fm"]), 4),
+                             "slot_bytes": r["info"]["slot_bytes"],
+                             "rtl_cycles_per_second": speed})
+        figures[f"busbw_fraction_n{n}"] = rows_out[-1]["busbw_fraction"]
+    print(f"{'devices':>7} {'bytes':>7} {'pieces':>6} {'cycles':>7} {'busbw':>7} "
+          f"{'FM cycles':>9} {'FM busbw':>8}")
     for row in rows_out:
-        print(f"{row['devices']:>7} {row['bytes']:>7} {row['cycles']:>7} "
+        print(f"{row['devices']:>7} {row['bytes']:>7} {row['slot_bytes']:>6} {row['cycles']:>7} "
               f"{100 * row['busbw_fraction']:>6.1f}% {row['fm_cycles']:>9} "
               f"{100 * row['fm_busbw_fraction']:>7.1f}%")
-    # the model, calibrated to the RTL, for vectors beyond the test scratchpad
-    big = p.replace(sram_bytes=4 << 20, dram_bytes=16 << 20)
-    estimates = {}
-    for n in (2, 4):
-        for nbytes in (1 << 18, 1 << 20):
-            system = System(n, big, bus=SYSTEM_BUS)
-            case = allreduce_case(n, nbytes // 4, params=big)
-            _, records, _ = fm_run(system, case)
-            est = nbytes / case.span(records) * 2 * (n - 1) / n / raw
-            estimates[f"n{n}_{nbytes >> 10}KiB"] = round(est, 4)
-    print("functional-model estimates with a larger scratchpad: "
-          + ", ".join(f"{k} {100 * v:.1f}%" for k, v in estimates.items()))
     speed = rows_out[0]["rtl_cycles_per_second"]
-    return {**figures, "rows": rows_out, "fm_estimates_large": estimates,
-            **_system_summary(runs[0], speed)}
+    return {**figures, "rows": rows_out, **_system_summary(runs[0], speed, p)}
 
 
 def bench_latency():
@@ -432,10 +422,43 @@ def bench_simspeed():
     return {"cycles_per_second": speed, "runs": per_run, **_system_summary(run, speed)}
 
 
+def bench_tp_scaling():
+    """Tensor-parallel scaling of one decoder layer on the functional model (hardware
+    defaults, ``llama-layer``: hidden 1024, 16 heads over 8 KV heads, intermediate 2816): the
+    model's estimated cycles of a 64-token prefill and of one decode step at TP = 1, 2, 4, 8,
+    per decoder layer (a 2-layer model's cycles minus a 1-layer model's, so the embedding and
+    LM head drop out), and the speed-up over TP = 1. ``compile_seconds``: compiling the
+    2-layer ``tiny-llama`` (capture to streams, both phases, TP = 2)."""
+    from .sw.compiler.driver import compile_model
+    from .sw.compiler.models import PRESETS
+    from .sw.params import DEFAULT
+    compile_seconds = compile_model("tiny-llama", 2, DEFAULT, estimate=False).seconds
+    params = DEFAULT.replace(dram_bytes=256 << 20)   # two layers' weights on one device
+    one = PRESETS["llama-layer"]
+    two = dict(one, num_hidden_layers=2)
+    rows = []
+    for tp in (1, 2, 4, 8):
+        c1 = compile_model(one, tp, params, tokens=64, max_context=256).cycles
+        c2 = compile_model(two, tp, params, tokens=64, max_context=256).cycles
+        rows.append({"tp": tp, "prefill_layer_cycles": c2["prefill"] - c1["prefill"],
+                     "decode_layer_cycles": c2["decode"] - c1["decode"]})
+    base = rows[0]
+    print(f"{'TP':>3} {'prefill/layer':>14} {'speed-up':>9} {'decode/layer':>13} {'speed-up':>9}")
+    for r in rows:
+        r["prefill_speedup"] = round(base["prefill_layer_cycles"] / r["prefill_layer_cycles"], 3)
+        r["decode_speedup"] = round(base["decode_layer_cycles"] / r["decode_layer_cycles"], 3)
+        print(f"{r['tp']:>3} {r['prefill_layer_cycles']:>14,} {r['prefill_speedup']:>8.2f}x "
+              f"{r['decode_layer_cycles']:>13,} {r['decode_speedup']:>8.2f}x")
+    print(f"compile time of the 2-layer tiny-llama at TP = 2: {compile_seconds:.2f} s")
+    speed = {f"speedup_tp{r['tp']}": r["prefill_speedup"] for r in rows[1:]}
+    return {**speed, "compile_seconds": round(compile_seconds, 3), "rows": rows,
+            "model": "llama-layer", "prefill_tokens": 64, "params": params.as_dict()}
+
+
 BENCHMARKS = {"fm-speed": bench_fm_speed, "gemm": bench_gemm, "dma": bench_dma,
               "paged": bench_paged, "gemm-dram": bench_gemm_dram, "link": bench_link,
               "allreduce": bench_allreduce, "latency": bench_latency,
-              "simspeed": bench_simspeed}
+              "simspeed": bench_simspeed, "tp-scaling": bench_tp_scaling}
 
 
 def run_benchmarks(name, record=None):

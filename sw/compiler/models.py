@@ -3,7 +3,8 @@ configuration with seeded random weights (never downloaded), and our own Llama-s
 PyTorch module, :class:`TinyLlama`; plus the named presets of small configurations.
 
 A configuration is a dict in the form of a Hugging Face ``config.json`` (``model_type`` and
-the usual fields); ``model_type: "npusim"`` selects :class:`TinyLlama`.
+the usual fields); ``model_type: "npusim"`` selects :class:`TinyLlama`, and a
+``checkpoint`` names a weights file in ``sw/compiler/data`` (the ``tiny-trained`` preset).
 """
 
 import json
@@ -14,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .train import CONFIG as TRAINED_CONFIG
 
 __all__ = ["PRESETS", "HF_TYPES", "load_config", "build_model", "TinyLlama", "TinyLlamaConfig"]
 
@@ -41,6 +44,8 @@ PRESETS = {
                     "intermediate_size": 176, "num_hidden_layers": 2,
                     "num_attention_heads": 4, "num_key_value_heads": 2,
                     "max_position_embeddings": 256},
+    # the trained test checkpoint (train.py): readable text, decisive logits
+    "tiny-trained": {**TRAINED_CONFIG, "checkpoint": "tiny_llama.pt"},
     # one layer large enough for tensor parallelism to pay (bench tp-scaling)
     "llama-layer": {"model_type": "llama", "vocab_size": 1024, "hidden_size": 1024,
                     "intermediate_size": 2816, "num_hidden_layers": 1,
@@ -82,9 +87,13 @@ def build_model(config, seed=0):
                          f"{', '.join([*HF_TYPES, 'npusim'])}")
     import transformers
     cfg_cls, model_cls = (getattr(transformers, n) for n in HF_TYPES[kind])
-    cfg = cfg_cls(**{k: v for k, v in config.items() if k != "model_type"})
+    cfg = cfg_cls(**{k: v for k, v in config.items() if k not in ("model_type", "checkpoint")})
     cfg._attn_implementation = "sdpa"
-    return model_cls(cfg).eval()
+    model = model_cls(cfg)
+    if "checkpoint" in config:   # weights from a file in the package's data, not the seed
+        path = Path(__file__).with_name("data") / config["checkpoint"]
+        model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
 
 
 # -- our own Llama-style module ------------------------------------------------------------
