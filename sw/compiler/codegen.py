@@ -219,7 +219,8 @@ class _Device:
     def _layout(self):
         g, T, H = self.tpg.graph, self.T, self.H
         dram = _Arena(stream_area(self.params), self.params.dram_bytes,
-                      f"device {self.device} DRAM")
+                      f"the model does not fit device {self.device}'s DRAM (more devices or "
+                      f"fewer KV blocks would help)")
         for name, data in self.image.items():
             dram.take(name, len(data))
         attn = [self.tpg.shards[n.name].attrs for n in g.nodes if n.op == "attention"]

@@ -118,18 +118,13 @@ def test_host_side_errors():
         generate(tpg, DEFAULT, tokens=16, block_size=12)
 
 
-@pytest.mark.parametrize("preset, tp", [("tiny-llama", 1), ("tiny-mistral", 2),
-                                        ("tiny-qwen2", 4)])
-def test_prefill_then_decode_steps(preset, tp):
-    """16 prompt tokens in blocks 5 and 2 of a shuffled table, then 8 greedy decode steps
-    (positions 16..23, into block 7; past tiny-mistral's 16-key window) with the same decode
-    programs: every step's logits within the bound of the PyTorch model run over the whole
-    sequence so far."""
+def prefill_and_decode(preset, tp, table, steps=16, T=16, bs=16):
+    """A prompt of ``T`` tokens, then ``steps`` greedy decode steps with one decode program:
+    ``(ids, [logits of each step])``; the sequence's blocks are ``table``."""
     g = graph(preset)
     tpg = split(g, tp)
-    T, bs, table = 16, 16, [5, 2, 7, 1]
-    pre = generate(tpg, DEFAULT, tokens=T)
-    dec = generate(tpg, DEFAULT, phase="decode", max_context=64)
+    pre = generate(tpg, DEFAULT, tokens=T, block_size=bs)
+    dec = generate(tpg, DEFAULT, phase="decode", block_size=bs, max_context=64)
     system = System(tp, DEFAULT)
     load_weights(system, pre)
 
@@ -137,13 +132,41 @@ def test_prefill_then_decode_steps(preset, tp):
         return table[pos // bs] * bs + pos % bs
     ids = list(np.random.default_rng(tp).integers(0, g.spec.vocab, T))
     logits, _ = prefill(system, tpg, pre, ids, [slot(i) for i in range(T)])
-    token = int(logits[-1].argmax())
-    for pos in range(T, T + 8):
-        ids.append(token)
-        logits, _ = decode(system, tpg, dec, token, pos, table, slot(pos))
-        ref = torch_logits(preset, ids)[-1]
-        assert np.abs(logits - ref).max() <= BOUND * np.abs(ref).max(), pos
-        token = int(logits.argmax())
+    out = [logits[-1]]
+    for pos in range(T, T + steps):
+        ids.append(int(out[-1].argmax()))
+        logits, _ = decode(system, tpg, dec, ids[-1], pos, table, slot(pos))
+        out.append(logits)
+    return ids, out
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-mistral"])
+def test_prefill_then_16_decode_steps(preset, tp):
+    """GQA (tiny-llama) and a sliding window (tiny-mistral, 16 keys: decode positions 16..31
+    see only the last 16): 16 prompt tokens in blocks 5 and 2 of a shuffled table, then 16
+    greedy decode steps into block 7 with the same decode programs; every step's logits
+    within the bound of the PyTorch model run over the whole sequence so far."""
+    ids, steps = prefill_and_decode(preset, tp, [5, 2, 7, 1])
+    ref = torch_logits(preset, ids)
+    for i, logits in enumerate(steps[1:]):
+        want = ref[16 + i]
+        assert np.abs(logits - want).max() <= BOUND * np.abs(want).max(), i
+
+
+def test_paged_and_contiguous_kv_agree():
+    """The same sequence with its blocks contiguous (0, 1, 2) or scattered (6, 3, 9): the
+    decode logits are bit-identical."""
+    _, contiguous = prefill_and_decode("tiny-qwen2", 2, [0, 1, 2], steps=6)
+    _, scattered = prefill_and_decode("tiny-qwen2", 2, [6, 3, 9], steps=6)
+    for a, b in zip(contiguous, scattered):
+        assert np.array_equal(a, b)
+
+
+def test_model_larger_than_device_memory():
+    tpg = split(graph("tiny-llama"), 1)
+    with pytest.raises(ValueError, match="does not fit device 0.s DRAM"):
+        generate(tpg, DEFAULT.replace(dram_bytes=512 << 10), tokens=16)
 
 
 def test_decode_errors():

@@ -68,3 +68,14 @@ def test_greedy_decode_matches_hf_generate(model, hf_run, tp):
     assert undecided == [], f"HF's own margin is below the bound at steps {undecided}"
     assert tokens == hf_tokens
     assert text_of(hf_tokens) == "evident, that all men are create"   # 32 bytes
+
+
+@pytest.mark.slow
+def test_training_reproduces_the_checkpoint():
+    """Retraining from the seed gives the checked-in weights bit for bit (about a minute)."""
+    from npusim.sw.compiler.train import CHECKPOINT, train
+    saved = torch.load(CHECKPOINT, weights_only=True)
+    fresh = train().state_dict()
+    assert saved.keys() == fresh.keys()
+    for k in saved:
+        assert torch.equal(saved[k], fresh[k]), k
