@@ -440,7 +440,7 @@ def bench_tp_scaling():
     for tp in (1, 2, 4, 8):
         c1 = compile_model(one, tp, params, tokens=64, max_context=256).cycles
         c2 = compile_model(two, tp, params, tokens=64, max_context=256).cycles
-        rows.append({"tp": tp, "prefill_layer_cycles": c2["prefill"] - c1["prefill"],
+        rows.append({"tp": tp, "prefill_layer_cycles": c2["prefill:64"] - c1["prefill:64"],
                      "decode_layer_cycles": c2["decode"] - c1["decode"]})
     base = rows[0]
     print(f"{'TP':>3} {'prefill/layer':>14} {'speed-up':>9} {'decode/layer':>13} {'speed-up':>9}")

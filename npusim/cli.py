@@ -53,6 +53,16 @@ def _parse_reg(text):
     return dev, int(reg.lstrip("rR")), _int(value)
 
 
+def _buckets(text):
+    try:
+        buckets = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected token counts like 16,32, got {text!r}")
+    if not buckets or min(buckets) < 1:
+        raise argparse.ArgumentTypeError(f"bucket sizes are positive, got {text!r}")
+    return buckets
+
+
 def cmd_disasm(args):
     from .sw.isa import IsaError, disassemble
     try:
@@ -209,7 +219,8 @@ def build_parser():
                         "llama-layer) or a Hugging Face config.json")
     s.add_argument("--tp", type=int, default=1, help="tensor-parallel devices")
     s.add_argument("-o", "--output", required=True, help="output directory")
-    s.add_argument("--tokens", type=int, default=16, help="prefill bucket (prompt tokens)")
+    s.add_argument("--tokens", type=_buckets, default=[16],
+                   help="prefill buckets in prompt tokens, comma-separated (default 16)")
     s.add_argument("--block-size", type=int, default=16, help="KV block size in tokens")
     s.add_argument("--kv-blocks", type=int, default=64, help="KV blocks per device")
     s.add_argument("--max-context", type=int, default=None,

@@ -1,15 +1,18 @@
 """The back end: a tensor-parallel graph -> device memory layout and one command stream per
-device (prefill of a ``tokens``-long bucket), with the weights in the layout the kernels read.
+device and phase (prefill of a ``tokens``-long bucket, or one decode step), with the weights
+in the layouts the kernels read.
 
 Schedule (first version): the layer runs as a sequence of phases separated by ``FENCE``;
 within a phase the kernels overlap their own DMA and compute (the GEMM's double buffering,
 the collectives' pipelined pieces). Activations go back to DRAM between phases, so every
-phase may use the whole scratchpad from address 0. Phases of one decoder layer::
+phase may use the whole scratchpad from address 0 (row-wise phases in chunks of tokens that
+fit). Phases of one decoder layer::
 
     norm1     x -> rmsnorm -> xn (bf16)
     qkv       xn @ [Wq | Wk | Wv]^T                      (GEMM, fp32 out)
-    attend    + biases, RoPE on q and k, K/V -> bf16, K/V rows into the paged KV pool
-              through the slot mapping (DMA_SCATTER), attention -> bf16
+    attend    per KV head: + biases, RoPE on q and k, -> bf16, its K/V columns into the
+              paged pools through the slot mapping (DMA_SCATTER); decode: the context's
+              K/V through the block table (DMA_GATHER); attention -> bf16
     o         attn @ Wo^T                                (GEMM), then all-reduce (TP > 1)
     norm2     x += o (+ bias); x -> rmsnorm -> xn
     gate_up   xn @ [Wgate | Wup]^T                       (GEMM)
@@ -81,7 +84,7 @@ class Layout:
 
 @dataclass
 class DeviceProgram:
-    """One device's prefill stream (commands), its layout, its weight image
+    """One device's stream of one phase (commands), its layout, its weight image
     (``{region: bytes}``) and run-time registers (``{register: value}``, set per launch)."""
     device: int
     commands: list
