@@ -103,7 +103,7 @@ def measure(cases, n, params=SYSTEM_PARAMS, bus=SYSTEM_BUS, *, timeout=2400,
     ``"rtl_records"`` (``{device: (record 0, record 1)}``), ``"rtl_go"`` (``{device: cycle the
     host requested its GO write}``), ``"wall_s"`` and ``"cycles"`` (the RTL's wall time and
     cycles from the host's release to the last interrupt); ``run`` is
-    ``{"build_seconds", "cached", "simulation_seconds"}``."""
+    ``{"build_seconds", "cached", "simulation_seconds", "directory"}`` (the build's)."""
     from .system_top import SystemTop
     from .verilator_flow import build, run
     system = System(n, params, bus=bus)
@@ -136,7 +136,8 @@ def measure(cases, n, params=SYSTEM_PARAMS, bus=SYSTEM_BUS, *, timeout=2400,
                      "rtl_go": {int(d): c for d, c in got["go"].items()},
                      "wall_s": got["wall_s"], "cycles": got["cycles"]})
     return rows, {"build_seconds": design.seconds, "cached": design.cached,
-                  "simulation_seconds": ran.seconds or time.monotonic() - started}
+                  "simulation_seconds": ran.seconds or time.monotonic() - started,
+                  "directory": str(design.directory)}
 
 
 # -- the cases ---------------------------------------------------------------------------------

@@ -412,14 +412,21 @@ def bench_latency():
 def bench_simspeed():
     """RTL simulation speed of the 2-device system (Verilator, cocotb sleeping between host
     events) running a ring all-reduce stream: simulated cycles per wall-clock second from the
-    release to the last interrupt."""
+    release to the last interrupt; and, in the same minute, the same compiled model clocked
+    from a plain C++ loop (``cosim/free_run.cpp``, no cocotb, nothing happening): the model's
+    own speed, and the fraction of it the cocotb-driven run reaches."""
+    from .cosim.free_run import free_run_speed
     from .cosim.system_timing import allreduce_case
     rows, run, speed = _system_cases([allreduce_case(2, 8192)] * 3, 2)
     per_run = [round(r["cycles"] / r["wall_s"]) for r in rows]
+    plain = round(free_run_speed(run["directory"]))
     print(f"{'run':>3} {'cycles':>7} {'wall s':>7} {'cycles/s':>9}")
     for i, r in enumerate(rows):
         print(f"{i:>3} {r['cycles']:>7} {r['wall_s']:>7.2f} {per_run[i]:>9,}")
-    return {"cycles_per_second": speed, "runs": per_run, **_system_summary(run, speed)}
+    print(f"the same model clocked from C++ (no cocotb, idle): {plain:,} cycles/s; the "
+          f"cocotb runs reach {speed / plain:.2f} of it")
+    return {"cycles_per_second": speed, "runs": per_run, "free_run_cycles_per_second": plain,
+            "fraction_of_free_run": round(speed / plain, 3), **_system_summary(run, speed)}
 
 
 def bench_tp_scaling():
