@@ -208,6 +208,7 @@ def allreduce_case(n, count, params=SYSTEM_PARAMS, bus=SYSTEM_BUS, seed=1, slot_
     checked."""
     from ..firmware import collectives as col
     from ..firmware.collectives import Buffer
+    from ..firmware.dma import copy
     nbytes = 4 * count
     plan = col.plan_allreduce(params, n, count, Buffer.sram(0), recv=IN,
                               stage=-(-nbytes // 64) * 64, slot_bytes=slot_bytes)
@@ -216,12 +217,8 @@ def allreduce_case(n, count, params=SYSTEM_PARAMS, bus=SYSTEM_BUS, seed=1, slot_
     for d in range(n):
         inputs += [(d, OUT, rng.standard_normal(count).astype(np.float32).tobytes()),
                    (d, IN, bytes(plan.recv_slots * plan.slot_bytes))]
-    pieces = [(at, min(col.MAX_COPY, nbytes - at)) for at in range(0, nbytes, col.MAX_COPY)]
-    load = [Command("DMA_COPY", engine=Engine.DMA_IN, src_space=Space.DRAM, src_off=OUT + at,
-                    dst_space=Space.SRAM, dst_off=at, len=n, n1=1, n2=1) for at, n in pieces]
-    store = [Command("DMA_COPY", engine=Engine.DMA_OUT, src_space=Space.SRAM, src_off=at,
-                     dst_space=Space.DRAM, dst_off=OUT + at, len=n, n1=1, n2=1)
-             for at, n in pieces]
+    load = copy(Engine.DMA_IN, Space.DRAM, OUT, Space.SRAM, 0, nbytes)
+    store = copy(Engine.DMA_OUT, Space.SRAM, 0, Space.DRAM, OUT, nbytes)
     return SystemCase(
         f"all-reduce n={n} {nbytes} B, {plan.slot_bytes} B pieces", {d: col.ring_allreduce(plan, d) for d in range(n)},
         inputs, {d: col.ring_registers(plan, d, bus) for d in range(n)},

@@ -61,7 +61,9 @@ from typing import NamedTuple
 from npusim.sw.fm import timing
 from npusim.sw.isa import Command
 from npusim.sw.isa.enums import DType, Engine, Space, VBMode, VectorOp
-from npusim.sw.isa.table import BY_NAME, NUM_REGS, NUM_SEMAPHORES
+from npusim.sw.isa.table import NUM_REGS, NUM_SEMAPHORES
+
+from .dma import MAX_COPY
 
 __all__ = ["Buffer", "RingRegs", "RingPlan", "plan_allreduce", "plan_broadcast", "plan_reduce",
            "ring_allreduce", "broadcast", "reduce", "ring_registers", "estimate_cycles",
@@ -76,8 +78,6 @@ DEFAULT_SEMS = tuple(range(32, 32 + N_SEMS))   # clear of the GEMM kernel's 0..7
 
 _ELEM = 4                   # fp32
 _MAX_PIECE = 65535          # elements: VECTOR's cols field
-#: Bytes per DMA_COPY when a copy is split: the largest power of two its ``len`` field holds.
-MAX_COPY = 1 << (BY_NAME["DMA_COPY"].field("len").width - 1)
 _SLOT_SIZES = 16            # the planner tries link_max_payload << 0 .. 15
 _MIN_SLOT = 512             # bytes: smaller pieces are all overhead
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from npusim.firmware import collectives as col
 from npusim.firmware.attention import attention, attention_work
+from npusim.firmware.dma import copy
 from npusim.firmware.gemm import gemm_commands, plan_gemm
 from npusim.firmware.rowops import Tile, add, convert, rmsnorm, rope, swiglu, vec
 from npusim.sw import numerics as nx
@@ -117,19 +118,13 @@ def _fence():
 
 
 def load(sram, dram, nbytes):
-    """DMA_IN copies of ``nbytes`` from DRAM to the scratchpad (cut at ``MAX_COPY``)."""
-    return [Command("DMA_COPY", engine=Engine.DMA_IN, src_space=Space.DRAM, src_off=dram + at,
-                    dst_space=Space.SRAM, dst_off=sram + at,
-                    len=min(col.MAX_COPY, nbytes - at), n1=1, n2=1)
-            for at in range(0, nbytes, col.MAX_COPY)]
+    """DMA_IN copies of ``nbytes`` from DRAM to the scratchpad."""
+    return copy(Engine.DMA_IN, Space.DRAM, dram, Space.SRAM, sram, nbytes)
 
 
 def store(dram, sram, nbytes):
     """DMA_OUT copies of ``nbytes`` from the scratchpad to DRAM."""
-    return [Command("DMA_COPY", engine=Engine.DMA_OUT, src_space=Space.SRAM, src_off=sram + at,
-                    dst_space=Space.DRAM, dst_off=dram + at,
-                    len=min(col.MAX_COPY, nbytes - at), n1=1, n2=1)
-            for at in range(0, nbytes, col.MAX_COPY)]
+    return copy(Engine.DMA_OUT, Space.SRAM, sram, Space.DRAM, dram, nbytes)
 
 
 def weight_image(tpg, device):

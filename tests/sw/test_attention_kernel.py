@@ -7,13 +7,12 @@ length from a run-time register."""
 import numpy as np
 import pytest
 
-from npusim.cosim.device_top import DEVICE_PARAMS as PARAMS
+from test_rowops import run as run_sram
+
 from npusim.firmware.attention import attention, attention_work
 from npusim.firmware.rowops import Tile
 from npusim.sw import numerics as nx
 from npusim.sw.compiler import reference as ref
-from npusim.sw.fm.system import System
-from npusim.sw.isa import encode_stream
 from npusim.sw.isa.enums import DType
 
 Q, K, V, OUT, WORK = 0x0000, 0x2000, 0x4000, 0x6000, 0xA000
@@ -32,13 +31,7 @@ def run(q_bits, k_bits, v_bits, heads, kv_heads, d, *, tq, tk, regs=None, **kw):
                      Tile(V, n, kv_heads * d, dtype=DType.BF16), Tile(OUT, t, heads * d),
                      heads=heads, kv_heads=kv_heads, head_dim=d, scale=d ** -0.5, work=work,
                      **kw)
-    s = System(1, PARAMS)
-    dev = s.devices[0]
-    for addr, bits in ((Q, q_bits), (K, k_bits), (V, v_bits)):
-        dev.sram.write(addr, np.ascontiguousarray(bits).view(np.uint8).ravel())
-    s.launch(0, encode_stream(cmds), 0x8000, regs=regs)
-    s.run()
-    s.check()
+    dev = run_sram(cmds, {Q: q_bits, K: k_bits, V: v_bits}, regs)
     return dev.sram.read(OUT, 4 * t * heads * d).view(np.float32).reshape(t, heads * d)
 
 

@@ -8,6 +8,7 @@ table, with only run-time registers changing."""
 
 import numpy as np
 import pytest
+from test_capture import torch_logits as model_logits
 
 from npusim.sw import numerics as nx
 from npusim.sw.compiler.capture import capture
@@ -34,12 +35,7 @@ def graph(preset):
 
 def torch_logits(preset, ids):
     """The PyTorch model's own fp32 logits (Hugging Face's forward for the HF presets)."""
-    import torch
-    model = build_model(preset, seed=2)
-    kwargs = {} if model.config.model_type == "npusim" else {"use_cache": False}
-    with torch.no_grad():
-        out = model(torch.tensor(np.asarray(ids))[None], **kwargs)
-    return (out.logits if hasattr(out, "logits") else out)[0].numpy()
+    return model_logits(build_model(preset, seed=2), np.asarray(ids))
 
 
 def run(preset, tp, tokens, slots=None):

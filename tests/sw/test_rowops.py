@@ -14,14 +14,14 @@ from npusim.sw.isa import encode_stream
 from npusim.sw.isa.enums import DType
 
 
-def run(commands, inputs):
+def run(commands, inputs, regs=None):
     """Run ``commands`` on one model device whose scratchpad holds ``inputs``
-    ({address: array}); the device."""
+    ({address: array}), with run-time registers ``regs``; the device."""
     s = System(1, PARAMS)
     d = s.devices[0]
     for addr, arr in inputs.items():
         d.sram.write(addr, np.ascontiguousarray(arr).view(np.uint8).ravel())
-    s.launch(0, encode_stream(commands), 0x8000)
+    s.launch(0, encode_stream(commands), 0x8000, regs=regs)
     s.run()
     s.check()
     return d
