@@ -66,14 +66,6 @@ class ModelSpec:
         if len(self.windows) != self.layers:
             raise GraphError(f"{len(self.windows)} layer windows for {self.layers} layers")
 
-    @property
-    def q_width(self):
-        return self.heads * self.head_dim
-
-    @property
-    def kv_width(self):
-        return self.kv_heads * self.head_dim
-
     def as_dict(self):
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
@@ -137,7 +129,3 @@ class Graph:
         """The parameter array of ``node``'s weight ``role`` (None if it has none)."""
         name = node.weights.get(role)
         return None if name is None else self.params[name]
-
-    def summary(self):
-        """One line per node: name, op, inputs."""
-        return "\n".join(f"{n.name:<28} {n.op:<10} {', '.join(n.inputs)}" for n in self.nodes)
