@@ -63,11 +63,12 @@ def attention_work(base, tq, tk, head_dim):
 
 
 def attention(q, k, v, out, *, heads, kv_heads, head_dim, scale, work, q_pos=0, keys=None,
-              klen=None, window=None, causal=True, q_reg=0, klen_reg=0):
+              klen=None, window=None, causal=True, q_reg=0, klen_reg=0, k_reg=0):
     """COMPUTE commands of attention for ``q.rows`` queries at positions ``q_pos ..`` (plus
     run-time register ``q_reg``) over the first ``keys`` rows of K and V (default
-    ``k.rows``), the keys at positions ``0 ..``; keys at or past ``klen`` (default ``keys``)
-    plus register ``klen_reg`` are masked. ``work``: an :class:`AttentionWork` (its ``tq``
+    ``k.rows``), the keys at positions ``0 ..`` (plus register ``k_reg``: a window of keys
+    gathered from a later position); keys at or past ``klen`` (default ``keys``) plus
+    register ``klen_reg`` are masked. ``work``: an :class:`AttentionWork` (its ``tq``
     and ``tk`` are the block sizes). Blocks are skipped only when the query positions are
     known at compile time (no ``q_reg``); a key-length register may only hide keys."""
     w = work
@@ -99,12 +100,12 @@ def attention(q, k, v, out, *, heads, kv_heads, head_dim, scale, work, q_pos=0, 
             for j0 in range(0, keys, w.tk):
                 tk = min(w.tk, keys - j0)
                 # skipping needs the positions at compile time: not with a position register
-                if causal and not q_reg and j0 > last_q:
+                if causal and not (q_reg or k_reg) and j0 > last_q:
                     break
-                if window and not q_reg and j0 + tk - 1 <= first_q - window:
+                if window and not (q_reg or k_reg) and j0 + tk - 1 <= first_q - window:
                     continue
                 cmds += _block(q, k, v, h, kv, i0, tq, j0, tk, D, scale, w, rows,
-                               q_pos, window, causal, q_reg, klen_reg, klen)
+                               q_pos, window, causal, (q_reg, klen_reg, k_reg), klen)
             # out = O / l
             cmds += [vec(VectorOp.RECIP, rows["l"], rows["l"]),
                      vec(VectorOp.MUL, Tile(out.addr + (i0 * out.ld + h * D) * out.esize,
@@ -113,8 +114,8 @@ def attention(q, k, v, out, *, heads, kv_heads, head_dim, scale, work, q_pos=0, 
     return cmds
 
 
-def _block(q, k, v, h, kv, i0, tq, j0, tk, D, scale, w, rows, q_pos, window, causal, q_reg,
-           klen_reg, klen):
+def _block(q, k, v, h, kv, i0, tq, j0, tk, D, scale, w, rows, q_pos, window, causal, regs,
+           klen):
     """The online-softmax step of query rows ``i0 ..`` of head ``h`` over keys ``j0 ..``."""
     s = Tile(w.s, tq, tk)
     p = Tile(w.p, tq, tk, dtype=DType.BF16)
@@ -123,13 +124,14 @@ def _block(q, k, v, h, kv, i0, tq, j0, tk, D, scale, w, rows, q_pos, window, cau
     q_addr = q.addr + (i0 * q.ld + h * D) * 2
     k_addr = k.addr + (j0 * k.ld + kv * D) * 2
     v_addr = v.addr + (j0 * v.ld + kv * D) * 2
+    q_reg, klen_reg, k_reg = regs
     return [
         # S = Q K^T: B = K^T is D x tk, stored tk x D (b_trans)
         Command("MATMUL", a=q_addr, lda=q.ld, b=k_addr, ldb=k.ld, c=s.addr, ldc=tk,
                 b_trans=1, c_dtype=DType.FP32, m=tq, n=tk, k=D),
         vec(VectorOp.MUL, s, s, mode=VBMode.IMM, imm=f32_bits(scale)),
         Command("MASK", dst=s.addr, a=s.addr, ld=tk, causal=int(causal), rows=tq, cols=tk,
-                q0=q_pos + i0, q0_reg=q_reg, k0=j0, klen=klen, klen_reg=klen_reg,
+                q0=q_pos + i0, q0_reg=q_reg, k0=j0, k0_reg=k_reg, klen=klen, klen_reg=klen_reg,
                 window=window or 0),
         Command("REDUCE", op=RedOp.MAX, dst=mb.addr, a=s.addr, lda=tk, a_dtype=DType.FP32,
                 rows=tq, cols=tk),

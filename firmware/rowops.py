@@ -41,6 +41,11 @@ class Tile:
         """Bytes from the first element to one past the last."""
         return ((self.rows - 1) * self.ld + self.cols) * self.esize if self.rows else 0
 
+    def rows_at(self, start, rows):
+        """Rows ``start .. start + rows - 1``."""
+        return Tile(self.addr + start * self.ld * self.esize, rows, self.cols, self.ld,
+                    self.dtype)
+
     def cols_at(self, start, cols):
         """Columns ``start .. start + cols - 1`` of every row."""
         return Tile(self.addr + start * self.esize, self.rows, cols, self.ld, self.dtype)

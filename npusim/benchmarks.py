@@ -448,7 +448,7 @@ def bench_tp_scaling():
         c1 = compile_model(one, tp, params, tokens=64, max_context=256).cycles
         c2 = compile_model(two, tp, params, tokens=64, max_context=256).cycles
         rows.append({"tp": tp, "prefill_layer_cycles": c2["prefill:64"] - c1["prefill:64"],
-                     "decode_layer_cycles": c2["decode"] - c1["decode"]})
+                     "decode_layer_cycles": c2["decode:1"] - c1["decode:1"]})
     base = rows[0]
     print(f"{'TP':>3} {'prefill/layer':>14} {'speed-up':>9} {'decode/layer':>13} {'speed-up':>9}")
     for r in rows:

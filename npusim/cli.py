@@ -148,7 +148,7 @@ def cmd_compile(args):
     from .sw.params import DEFAULT
     try:
         compiled = compile_model(args.config, args.tp, DEFAULT, tokens=args.tokens,
-                                 block_size=args.block_size, kv_blocks=args.kv_blocks,
+                                 batch=args.batch, extend=args.extend, block_size=args.block_size, kv_blocks=args.kv_blocks,
                                  max_context=args.max_context, seed=args.seed,
                                  estimate=not args.no_estimate)
     except (GraphError, ValueError, FileNotFoundError) as e:
@@ -221,6 +221,11 @@ def build_parser():
     s.add_argument("-o", "--output", required=True, help="output directory")
     s.add_argument("--tokens", type=_buckets, default=[16],
                    help="prefill buckets in prompt tokens, comma-separated (default 16)")
+    s.add_argument("--batch", type=_buckets, default=[1],
+                   help="decode buckets in sequences per step, comma-separated (default 1)")
+    s.add_argument("--extend", type=_buckets, default=[],
+                   help="extend buckets in tokens added to a sequence, comma-separated "
+                        "(default none)")
     s.add_argument("--block-size", type=int, default=16, help="KV block size in tokens")
     s.add_argument("--kv-blocks", type=int, default=64, help="KV blocks per device")
     s.add_argument("--max-context", type=int, default=None,

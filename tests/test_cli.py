@@ -129,21 +129,27 @@ def test_bench_lists_its_benchmarks():
 
 
 def test_compile_writes_streams_weights_and_manifest(tmp_path):
-    """``npusim compile`` of a preset at TP = 2 with two prefill buckets: a summary per phase
-    and device, streams the disassembler reads, weight images whose regions are where the
-    manifest says (the same addresses in every phase), and the manifest's KV geometry and
-    run-time registers."""
+    """``npusim compile`` of a preset at TP = 2 with two prefill buckets, two decode batches
+    and an extend bucket: a summary per phase and device, streams the disassembler reads,
+    weight images whose regions are where the manifest says (the same addresses in every
+    phase), and the manifest's KV geometry and run-time registers."""
     out = tmp_path / "tiny"
     proc = npusim("compile", "--config", "tiny-llama", "--tp", 2, "-o", out, "--tokens", "8,16",
-                  "--max-context", 64)
+                  "--batch", "1,4", "--extend", 8, "--max-context", 64)
     assert "llama: 2 layers, hidden 64, 4 heads (2 KV), vocab 256; TP = 2" in proc.stdout
-    assert "decode           1" in proc.stdout and "prefill:8        0" in proc.stdout
+    assert "decode:4         1" in proc.stdout and "prefill:8        0" in proc.stdout
     m = json.loads((out / "manifest.json").read_text())
     assert (m["format"], m["version"], m["tp"]) == ("npusim-manifest", 1, 2)
-    assert sorted(m["phases"]) == ["decode", "prefill:16", "prefill:8"]
+    assert sorted(m["phases"]) == ["decode:1", "decode:4", "extend:8", "prefill:16",
+                                   "prefill:8"]
     assert m["kv"]["block_size"] == 16 and m["kv"]["kv_heads_per_device"] == 1
-    assert m["registers"]["position"] == 1
-    assert m["phases"]["decode"]["max_context"] == 64
+    assert m["kv"]["groups"] == {"full": {"layers": ["layers.0.self_attn",
+                                                     "layers.1.self_attn"],
+                                          "window": None}}
+    assert m["registers"]["first_position"] == 8
+    assert m["phases"]["decode:4"]["sequences"] == [1, 1, 1, 1]
+    assert m["phases"]["extend:8"]["sequences"] == [8]
+    assert m["phases"]["decode:1"]["max_context"] == 64
     assert m["phases"]["prefill:8"]["tokens"] == 8
     w = m["weights"][1]
     for phase in m["phases"].values():
@@ -156,7 +162,7 @@ def test_compile_writes_streams_weights_and_manifest(tmp_path):
     blob = (out / w["file"]).read_bytes()
     assert len(blob) == w["bytes"]
     offset, addr, size = w["regions"]["norm.weight"]
-    assert size == 4 * 64 and addr >= m["phases"]["decode"]["stream_bytes"]
+    assert size == 4 * 64 and addr >= m["phases"]["decode:1"]["stream_bytes"]
     assert np.frombuffer(blob[offset:offset + size], np.float32).shape == (64,)
 
 

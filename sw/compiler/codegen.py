@@ -40,8 +40,8 @@ from npusim.sw.isa.enums import DType, Engine, RegOp, Space, VBMode, VectorOp
 
 from .reference import rope_tables
 
-__all__ = ["Layout", "DeviceProgram", "generate", "weight_image", "stream_area", "POS_REG",
-           "KLEN_REG", "ROPE_REG"]
+__all__ = ["Layout", "DeviceProgram", "generate", "weight_image", "stream_area", "kv_group",
+           "SEQ_REG0", "MAX_BATCH", "SCRATCH_REGS"]
 
 _ALIGN = 64
 
@@ -78,9 +78,21 @@ class Layout:
     phase: str = "prefill"
     max_context: int = 0
     stream_bytes: int = 0    #: DRAM from 0 left for the streams
+    #: new tokens of each sequence of a decode or extend phase (their first positions are
+    #: registers ``SEQ_REG0 + i``); a prefill has one sequence from position 0
+    segments: tuple = ()
+    #: the KV groups (``kv_group``) of the attention layers, ``{group: [layer names]}``:
+    #: each has its own slot mapping and block tables (``slots.<group>``, ``table.<group>``)
+    groups: dict = field(default_factory=dict)
 
     def addr(self, name):
         return self.regions[name][0]
+
+    @property
+    def table_entries(self):
+        """Block-table entries per sequence (``table.<group>`` holds one table per sequence
+        of the phase, this many u32 each)."""
+        return self.max_context // self.block_size
 
 
 @dataclass
@@ -169,46 +181,68 @@ def weight_image(tpg, device):
     return image
 
 
-def generate(tpg, params, *, tokens=1, phase="prefill", block_size=16, kv_blocks=64,
-             max_context=None, bus=None):
-    """The programs of one phase, one per device: ``"prefill"`` of a ``tokens``-long prompt
-    (one sequence, positions 0 ..), or ``"decode"`` of one token of a sequence whose position
-    is run-time register ``POS_REG`` and whose keys (up to ``max_context``, default the
-    model's positions) are read through its block table: one decode program serves every
-    step."""
+def generate(tpg, params, *, tokens=1, phase="prefill", batch=1, block_size=16,
+             kv_blocks=64, max_context=None, bus=None):
+    """The programs of one phase, one per device:
+
+    - ``"prefill"``: a ``tokens``-long prompt of one sequence, positions 0 .. (keys and
+      values from the scratchpad, blocks of the causal mask skipped at compile time);
+    - ``"decode"``: one new token of each of ``batch`` sequences;
+    - ``"extend"``: ``tokens`` new tokens of one sequence (a prompt after a cached prefix, or
+      a chunk of a long one).
+
+    In a decode or extend phase, sequence ``i``'s first new position is run-time register
+    ``SEQ_REG0 + i`` and its keys (up to ``max_context``, default the model's positions;
+    a sliding-window layer's only from its window) are read through its block table: one
+    program serves every step."""
     from npusim.sw.fm.system import BusMap
     bus = bus or BusMap()
     spec = tpg.graph.spec
-    if phase not in ("prefill", "decode"):
-        raise ValueError(f"phase {phase!r}: prefill or decode")
+    if phase not in ("prefill", "decode", "extend"):
+        raise ValueError(f"phase {phase!r}: prefill, decode or extend")
     if block_size & (block_size - 1):
         raise ValueError(f"block size {block_size} is not a power of two")
     max_context = max_context or spec.max_positions
-    if phase == "decode":
-        tokens = 1
+    segments = ()
+    if phase != "prefill":
         if max_context % block_size:
             raise ValueError(f"the context of {max_context} tokens is not whole blocks of "
                              f"{block_size}")
-    if tokens > spec.max_positions or max_context > spec.max_positions:
+        if not 1 <= batch <= MAX_BATCH:
+            raise ValueError(f"a batch of {batch} sequences: 1 to {MAX_BATCH}")
+        segments = (1,) * batch if phase == "decode" else (tokens,)
+        tokens = sum(segments)
+    if max(segments, default=tokens) > max_context and phase != "prefill" \
+            or tokens > spec.max_positions or max_context > spec.max_positions:
         raise ValueError(f"{max(tokens, max_context)} tokens: the model has "
-                         f"{spec.max_positions} positions")
-    return [_Device(tpg, params, d, tokens, phase, block_size, kv_blocks, max_context,
-                    bus).program() for d in range(tpg.tp)]
+                         f"{spec.max_positions} positions, the context {max_context}")
+    return [_Device(tpg, params, d, tokens, phase, segments, block_size, kv_blocks,
+                    max_context, bus).program() for d in range(tpg.tp)]
 
 
-#: Run-time registers of a decode program: the new token's position (set by the host), the
-#: number of keys and the RoPE table offset (derived from it by the stream).
-POS_REG, KLEN_REG, ROPE_REG = 1, 2, 3
+#: Run-time registers of decode and extend programs: sequence ``i``'s first new position is
+#: ``SEQ_REG0 + i`` (set by the host, ``i < MAX_BATCH``); the stream derives the others per
+#: sequence, in the scratch registers, just before the commands that read them.
+SEQ_REG0, MAX_BATCH = 8, 16
+POS_REG, KLEN_REG, ROPE_REG, KSTART_REG, KCOUNT_REG = 1, 2, 3, 4, 5
+SCRATCH_REGS = {"position": POS_REG, "key_length": KLEN_REG, "rope_offset": ROPE_REG,
+                "first_key": KSTART_REG, "keys": KCOUNT_REG}
+
+
+def kv_group(window):
+    """The KV group of an attention layer: layers with the same window (or none) share block
+    tables and slot mappings, as vLLM's KV cache groups."""
+    return "full" if not window else f"window{window}"
 
 
 class _Device:
     """The program of one device: its DRAM layout, then one phase per node."""
 
-    def __init__(self, tpg, params, device, tokens, phase, block_size, kv_blocks, max_context,
-                 bus):
+    def __init__(self, tpg, params, device, tokens, phase, segments, block_size, kv_blocks,
+                 max_context, bus):
         self.tpg, self.params, self.device, self.bus = tpg, params, device, bus
         self.T, self.H = tokens, tpg.graph.spec.hidden
-        self.phase, self.max_context = phase, max_context
+        self.phase, self.segments, self.max_context = phase, segments, max_context
         self.block_size, self.kv_blocks = block_size, kv_blocks
         self.image = weight_image(tpg, device)
         self.regs, self.cmds = {}, []
@@ -223,22 +257,26 @@ class _Device:
             dram.take(name, len(data))
         attn = [self.tpg.shards[n.name].attrs for n in g.nodes if n.op == "attention"]
         self.kv_row = attn[0]["kv_heads"] * attn[0]["head_dim"] * 2 if attn else 0
+        groups = {}
         for n in g.nodes:
             if n.op == "attention":
+                groups.setdefault(kv_group(n.attrs["window"]), []).append(n.name)
                 for pool in ("k_pool", "v_pool"):
                     dram.take(f"{n.name}.{pool}", self.kv_blocks * self.block_size * self.kv_row)
         widest = max([3 * H] + [2 * self.tpg.shards[n.name].attrs.get("intermediate", 0)
                                 for n in g.nodes])
         dram.take("ids", 4 * T)
-        dram.take("slots", 4 * T)
-        dram.take("table", 4 * (self.max_context // self.block_size))
+        tables = max(len(self.segments), 1) * (self.max_context // self.block_size)
+        for group in groups:
+            dram.take(f"slots.{group}", 4 * T)
+            dram.take(f"table.{group}", 4 * tables)
         for name in ("x", "xn", "y", "qkv", "attn", "gu", "h"):
             dram.take(name, 4 * T * widest)
         self.logit_cols = self.tpg.shards[g.output].attrs["rows"]
         dram.take("logits", 4 * T * self.logit_cols)
         dram.take("recv", 4 * _SLOT)
         self.layout = Layout(T, self.block_size, self.kv_blocks, dram.regions, self.phase,
-                             self.max_context, stream_area(self.params))
+                             self.max_context, stream_area(self.params), self.segments, groups)
 
     def A(self, name):
         return self.layout.regions[name][0]
@@ -248,11 +286,6 @@ class _Device:
 
     def program(self):
         values = {}
-        if self.phase == "decode":
-            row = 4 * self.tpg.graph.spec.head_dim
-            self.cmds += [Command("REG_OP", op=RegOp.ADD, rd=KLEN_REG, rs1=POS_REG, rs2=0, imm=1),
-                          Command("REG_OP", op=RegOp.MUL, rd=ROPE_REG, rs1=POS_REG, rs2=0,
-                                  imm=row)]
         for n in self.tpg.graph.nodes:
             s = self.tpg.shards[n.name]
             if n.op == "embed":
@@ -369,11 +402,12 @@ class _Device:
                                   Space.SRAM, f32[r].addr, 4 * w, T, 4 * w)]
         rope_rows = sram.take("rope", 4 * T * D)
         scratch = sram.take("rope_scratch", 4 * 4 * T * (D // 2))
-        if self.phase == "decode":   # the table row of the token's position
-            self.cmds.append(Command("DMA_COPY", engine=Engine.DMA_IN, src_space=Space.DRAM,
-                                     src_reg=ROPE_REG, src_off=self.A("rope"),
-                                     dst_space=Space.SRAM, dst_off=rope_rows, len=4 * D, n1=1,
-                                     n2=1))
+        if self.segments:    # the table rows of each sequence's positions
+            for i, (r0, rows) in enumerate(self._segment_rows()):
+                self.cmds += self._sequence_registers(i, rows) + [Command(
+                    "DMA_COPY", engine=Engine.DMA_IN, src_space=Space.DRAM, src_reg=ROPE_REG,
+                    src_off=self.A("rope"), dst_space=Space.SRAM, dst_off=rope_rows + 4 * D * r0,
+                    len=4 * D * rows, n1=1, n2=1)]
         else:
             self.cmds += load(rope_rows, self.A("rope"), 4 * T * D)
         for r, (c0, w) in cols.items():
@@ -389,22 +423,19 @@ class _Device:
             self.cmds += convert(f32[r], b16[r])
         self.cmds += _fence()
         # this head's K and V rows into the pools, one slot per token
-        log2 = self.block_size.bit_length() - 1
+        group_name = kv_group(n.attrs["window"])
         for r, pool in (("k", "k_pool"), ("v", "v_pool")):
             self.cmds.append(Command(
-                "DMA_SCATTER", engine=Engine.DMA_OUT, slots_off=self.A("slots"),
+                "DMA_SCATTER", engine=Engine.DMA_OUT, slots_off=self.A(f"slots.{group_name}"),
                 pool_off=self.A(f"{n.name}.{pool}") + 2 * g * D, src_space=Space.SRAM,
                 src_off=b16[r].addr, row_bytes=2 * D, row_stride=self.kv_row, src_stride=2 * D,
-                block_log2=log2, pool_blocks=self.kv_blocks, n=T, i0=0))
+                block_log2=self.block_size.bit_length() - 1, pool_blocks=self.kv_blocks, n=T,
+                i0=0))
         out = Tile(sram.take("out", 4 * T * gw), T, gw)
         kw_args = dict(heads=group, kv_heads=1, head_dim=D, scale=n.attrs["scale"],
                        window=n.attrs["window"])
-        if self.phase == "decode":
-            k, v = self._gather_kv(n, g, sram, D)
-            work = attention_work(sram.at, 1, min(self.max_context, 64), D)
-            sram.take("work", work.nbytes)
-            self.cmds += attention(b16["q"], k, v, out, work=work, klen=0, klen_reg=KLEN_REG,
-                                   q_pos=0, q_reg=POS_REG, **kw_args)
+        if self.segments:
+            self._attend_sequences(n, g, sram, b16["q"], out, kw_args)
         else:
             tq = min(T, 32)
             work = attention_work(sram.at, tq, tq, D)
@@ -415,24 +446,71 @@ class _Device:
         self.cmds += [_copy2d(Engine.DMA_OUT, Space.SRAM, ob.addr, 2 * gw, Space.DRAM,
                               self.A("attn") + 2 * g * gw, 2 * gw, T, 2 * qw)] + _fence()
 
-    def _gather_kv(self, n, g, sram, D):
-        """KV head ``g``'s keys and values of the sequence (the new token's just scattered)
-        into the scratchpad through its block table: ``KLEN_REG`` rows of ``max_context``;
-        the rest of V is zeroed (a masked key's probability is 0, but 0 times stale NaN bits
-        is NaN)."""
-        ctx = self.max_context
-        k = Tile(sram.take("k_ctx", 2 * ctx * D), ctx, D, dtype=DType.BF16)
-        v = Tile(sram.take("v_ctx", 2 * ctx * D), ctx, D, dtype=DType.BF16)
-        self.cmds += _fence() + [vec(VectorOp.AND, v, v, mode=VBMode.IMM, imm=0)] + _fence()
-        log2 = self.block_size.bit_length() - 1
-        for t, pool in ((k, "k_pool"), (v, "v_pool")):
-            self.cmds.append(Command(
-                "DMA_GATHER", engine=Engine.DMA_IN, table_off=self.A("table"),
-                pool_off=self.A(f"{n.name}.{pool}") + 2 * g * D, dst_space=Space.SRAM,
-                dst_off=t.addr, row_bytes=2 * D, row_stride=self.kv_row, dst_stride=2 * D,
-                block_log2=log2, pool_blocks=self.kv_blocks, n=0, n_reg=KLEN_REG, t0=0))
+    def _segment_rows(self):
+        """``(first row, rows)`` of each sequence of a decode or extend phase."""
+        starts = np.cumsum((0,) + self.segments[:-1])
+        return list(zip(starts.tolist(), self.segments))
+
+    def _sequence_registers(self, i, rows, window=None):
+        """REG_OPs deriving sequence ``i``'s scratch registers from its first position
+        ``SEQ_REG0 + i``: the position, the key length (after its ``rows`` new tokens), the
+        RoPE row's offset and, for a layer with a ``window``, the first key the window of
+        its first query holds (``max(0, position - window + 1)``) and the number of keys
+        from there."""
+        def op(o, rd, rs1, rs2=0, imm=0):
+            return Command("REG_OP", op=o, rd=rd, rs1=rs1, rs2=rs2, imm=imm)
+        cmds = [op(RegOp.ADD, POS_REG, SEQ_REG0 + i),
+                op(RegOp.ADD, KLEN_REG, POS_REG, imm=rows),
+                op(RegOp.MUL, ROPE_REG, POS_REG, imm=4 * self.tpg.graph.spec.head_dim)]
+        if window:
+            cmds += [op(RegOp.MAX, KSTART_REG, POS_REG, imm=window - 1),
+                     op(RegOp.SUB, KSTART_REG, KSTART_REG, imm=window - 1),
+                     op(RegOp.SUB, KCOUNT_REG, KLEN_REG, KSTART_REG)]
+        return cmds
+
+    def _attend_sequences(self, n, g, sram, q, out, kw_args):
+        """Attention of each sequence's new rows over its keys, gathered through its block
+        table (the new ones were just scattered): all ``KLEN_REG`` of them, or for a sliding
+        window ``KCOUNT_REG`` from ``KSTART_REG``. Two context buffers when they fit, so the
+        next sequence's gather overlaps this one's attention; V's are zeroed first (a masked
+        key's probability is 0, but 0 times stale NaN bits would be NaN)."""
+        D, window = kw_args["head_dim"], kw_args["window"]
+        longest = max(self.segments)
+        ctx = self.max_context if not window else min(self.max_context, window + longest - 1)
+        tq, tk = min(longest, 32), min(ctx, 64)
+        work = attention_work(0, tq, tk, D)
+        pair = 2 * _align(2 * ctx * D)
+        room = self.params.sram_bytes - sram.at - work.nbytes - _ALIGN
+        nbuf = 2 if len(self.segments) > 1 and room >= 2 * pair else 1
+        bufs = [tuple(Tile(sram.take(f"{r}_ctx{b}", 2 * ctx * D), ctx, D, dtype=DType.BF16)
+                      for r in "kv") for b in range(nbuf)]
+        work = attention_work(sram.at, tq, tk, D)
+        sram.take("work", work.nbytes)
+        self.cmds += [vec(VectorOp.AND, v, v, mode=VBMode.IMM, imm=0) for _, v in bufs]
         self.cmds += _fence()
-        return k, v
+        group_name = kv_group(window)
+        table = self.A(f"table.{group_name}")
+        in_and_compute = [Command("FENCE", engines=1 << Engine.DMA_IN | 1 << Engine.COMPUTE)]
+        for i, (r0, rows) in enumerate(self._segment_rows()):
+            k, v = bufs[i % nbuf]
+            self.cmds += self._sequence_registers(i, rows, window)
+            if nbuf == 1 and i:
+                self.cmds += in_and_compute        # the previous attention read the buffer
+            for t, pool in ((k, "k_pool"), (v, "v_pool")):
+                self.cmds.append(Command(
+                    "DMA_GATHER", engine=Engine.DMA_IN,
+                    table_off=table + 4 * i * self.layout.table_entries,
+                    pool_off=self.A(f"{n.name}.{pool}") + 2 * g * D, dst_space=Space.SRAM,
+                    dst_off=t.addr, row_bytes=2 * D, row_stride=self.kv_row, dst_stride=2 * D,
+                    block_log2=self.block_size.bit_length() - 1, pool_blocks=self.kv_blocks,
+                    n=0, n_reg=KCOUNT_REG if window else KLEN_REG,
+                    t0=0, t0_reg=KSTART_REG if window else 0))
+            # this gather, and the attention that last read the other buffer, done
+            self.cmds += in_and_compute
+            self.cmds += attention(q.rows_at(r0, rows), k, v, out.rows_at(r0, rows), work=work,
+                                   q_pos=0, q_reg=POS_REG, klen=0, klen_reg=KLEN_REG,
+                                   k_reg=KSTART_REG if window else 0, **kw_args)
+        self.cmds += _fence()
 
     def _mlp(self, n, s):
         T, H = self.T, self.H

@@ -1,18 +1,21 @@
-"""Compiled programs on the functional model: load the weights, write a prompt's token ids
-and slot mapping, launch every device's stream at once, read the logits back.
+"""Compiled programs on the functional model: load the weights, write the new tokens' ids,
+slot mappings and block tables, launch every device's stream at once with the sequences'
+positions in run-time registers, read the logits back.
 
 The host's side of the programs' contract (what the runtime does on either backend): the
 embedding is vocabulary-parallel, so each device gets the token ids of its own range and the
 index of its all-zero row for the others; the logits come back as one slice per device.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from npusim.sw.isa import encode_stream
 
-from .codegen import POS_REG
+from .codegen import SEQ_REG0
 
-__all__ = ["local_ids", "load_weights", "prefill", "decode"]
+__all__ = ["local_ids", "load_weights", "Sequence", "PAD_BLOCK", "prefill", "decode", "run"]
 
 
 def local_ids(tpg, device, tokens):
@@ -35,46 +38,66 @@ def load_weights(system, programs):
             dram.write(p.layout.addr(name), np.frombuffer(data, np.uint8))
 
 
+@dataclass
+class Sequence:
+    """One sequence's part of a launch: its new ``tokens`` from position ``start``, its block
+    tables and the slots of the new tokens, per KV group (``codegen.kv_group``; a list
+    stands for the same in every group)."""
+    tokens: list
+    start: int
+    tables: object
+    slots: object
+
+    def of(self, what, group):
+        value = getattr(self, what)
+        return value[group] if isinstance(value, dict) else value
+
+
+#: The block padding sequences of a decode batch write their K and V to: block 0, which the
+#: runtime's KV cache manager keeps back (the null block) and never gives a sequence.
+PAD_BLOCK = 0
+
+
 def prefill(system, tpg, programs, tokens, slots):
     """Run the prefill ``programs`` for ``tokens`` (their KV rows go to ``slots``):
     ``(logits (tokens x vocab) fp32, cycles)``."""
-    T = programs[0].layout.tokens
     if programs[0].layout.phase != "prefill":
-        raise ValueError("these are decode programs")
-    if len(tokens) != T or len(slots) != T:
-        raise ValueError(f"the programs were compiled for {T} tokens, got {len(tokens)} "
-                         f"tokens and {len(slots)} slots")
-    return _run(system, tpg, programs, tokens, slots, None, {})
+        raise ValueError(f"these are {programs[0].layout.phase} programs, not prefill")
+    logits, cycles = run(system, tpg, programs, [Sequence(tokens, 0, [], slots)])
+    return logits[0], cycles
 
 
 def decode(system, tpg, programs, token, position, block_table, slot):
     """Run the decode ``programs`` for one ``token`` at ``position`` of a sequence whose
     blocks are ``block_table`` (the new token's K and V go to ``slot``): ``(logits (vocab,)
     fp32, cycles)``."""
+    if programs[0].layout.phase != "decode":
+        raise ValueError(f"these are {programs[0].layout.phase} programs, not decode")
+    logits, cycles = run(system, tpg, programs,
+                         [Sequence([token], position, block_table, [slot])])
+    return logits[0][0], cycles
+
+
+def run(system, tpg, programs, sequences):
+    """Run one phase's ``programs`` for ``sequences`` (:class:`Sequence`; a decode batch
+    shorter than the programs' is padded with sequences writing to ``PAD_BLOCK``): ``([logits
+    (new tokens x vocab) fp32 per sequence], cycles)``."""
     layout = programs[0].layout
-    if layout.phase != "decode":
-        raise ValueError("these are prefill programs")
-    blocks = -(-(position + 1) // layout.block_size)
-    if position + 1 > layout.max_context:
-        raise ValueError(f"position {position}: the decode programs hold "
-                         f"{layout.max_context} keys")
-    if len(block_table) < blocks:
-        raise ValueError(f"position {position} needs {blocks} blocks, the table has "
-                         f"{len(block_table)}")
-    if slot >> (layout.block_size.bit_length() - 1) != block_table[position // layout.block_size]:
-        raise ValueError(f"slot {slot} is not in the block the table gives position {position}")
-    logits, cycles = _run(system, tpg, programs, [token], [slot], block_table[:blocks],
-                          {POS_REG: position})
-    return logits[0], cycles
-
-
-def _run(system, tpg, programs, tokens, slots, table, regs):
+    sequences = _check(layout, sequences)
+    tokens = [t for s in sequences for t in s.tokens]
+    regs = {SEQ_REG0 + i: s.start for i, s in enumerate(sequences)} if layout.segments else {}
     for p in programs:
         dram = system.devices[p.device].dram
         dram.write(p.layout.addr("ids"), local_ids(tpg, p.device, tokens).view(np.uint8))
-        dram.write(p.layout.addr("slots"), np.asarray(slots, np.uint32).view(np.uint8))
-        if table is not None:
-            dram.write(p.layout.addr("table"), np.asarray(table, np.uint32).view(np.uint8))
+        for group in layout.groups:
+            slots = [x for s in sequences for x in s.of("slots", group)]
+            dram.write(p.layout.addr(f"slots.{group}"), np.asarray(slots, np.uint32).view(np.uint8))
+            if layout.segments:
+                tables = np.zeros((len(sequences), layout.table_entries), np.uint32)
+                for i, s in enumerate(sequences):
+                    table = s.of("tables", group)[:layout.table_entries]
+                    tables[i, :len(table)] = table
+                dram.write(p.layout.addr(f"table.{group}"), tables.view(np.uint8).ravel())
         stream = encode_stream(p.commands)
         if len(stream) > p.layout.stream_bytes:
             raise ValueError(f"device {p.device}'s stream is {len(stream)} bytes, more than "
@@ -89,4 +112,54 @@ def _run(system, tpg, programs, tokens, slots, table, regs):
         addr, nbytes = p.layout.regions["logits"]
         parts.append(system.devices[p.device].dram.read(addr, nbytes).view(np.float32)
                      .reshape(len(tokens), -1))
-    return np.concatenate(parts, axis=1), cycles
+    logits = np.concatenate(parts, axis=1)
+    bounds = np.cumsum([0] + [len(s.tokens) for s in sequences])
+    return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])], cycles
+
+
+def _check(layout, sequences):
+    """The sequences as the programs take them (a decode batch padded), or a ValueError
+    saying what does not fit."""
+    bs, phase = layout.block_size, layout.phase
+    if phase == "prefill":
+        wanted = (layout.tokens,)
+    elif phase == "extend":
+        wanted = layout.segments
+    else:
+        if not 1 <= len(sequences) <= len(layout.segments):
+            raise ValueError(f"the decode programs take 1 to {len(layout.segments)} "
+                             f"sequences, got {len(sequences)}")
+        pad = Sequence([0], 0, [PAD_BLOCK], [PAD_BLOCK * bs])
+        sequences = list(sequences) + [pad] * (len(layout.segments) - len(sequences))
+        wanted = layout.segments
+    if len(sequences) != len(wanted):
+        raise ValueError(f"the {phase} programs take {len(wanted)} sequence(s), got "
+                         f"{len(sequences)}")
+    for s, n in zip(sequences, wanted):
+        if len(s.tokens) != n:
+            raise ValueError(f"the {phase} programs were compiled for {n} new tokens per "
+                             f"sequence, got {len(s.tokens)}")
+        if phase == "prefill" and s.start:
+            raise ValueError("a prefill starts at position 0 (an extend phase continues a "
+                             "sequence)")
+        if layout.segments and s.start + n > layout.max_context:
+            raise ValueError(f"positions {s.start} .. {s.start + n - 1}: the {phase} programs "
+                             f"hold {layout.max_context} keys")
+        for group in layout.groups:
+            slots = s.of("slots", group)
+            if len(slots) != n:
+                raise ValueError(f"{n} new tokens need {n} slots, got {len(slots)} "
+                                 f"({group} layers)")
+            if not layout.segments:
+                continue
+            table = s.of("tables", group)
+            blocks = -(-(s.start + n) // bs)
+            if len(table) < blocks:
+                raise ValueError(f"positions up to {s.start + n - 1} need {blocks} blocks, "
+                                 f"the table has {len(table)} ({group} layers)")
+            for j, slot in enumerate(slots):
+                pos = s.start + j
+                if slot // bs != table[pos // bs]:
+                    raise ValueError(f"slot {slot} is not in the block the table gives "
+                                     f"position {pos} ({group} layers)")
+    return sequences

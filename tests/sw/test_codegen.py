@@ -13,7 +13,8 @@ from test_capture import torch_logits as model_logits
 from npusim.sw import numerics as nx
 from npusim.sw.compiler.capture import capture
 from npusim.sw.compiler.codegen import generate
-from npusim.sw.compiler.execute import decode, load_weights, local_ids, prefill
+from npusim.sw.compiler.execute import (PAD_BLOCK, Sequence, decode, load_weights, local_ids,
+                                        prefill, run as run_phase)
 from npusim.sw.compiler.models import build_model
 from npusim.sw.compiler.reference import apply_rope, rmsnorm, rope_tables
 from npusim.sw.compiler.tp import split
@@ -106,7 +107,7 @@ def test_host_side_errors():
         local_ids(tpg, 0, [1, 256])
     assert list(local_ids(tpg, 1, [0, 127, 128, 255])) == [128, 128, 0, 127]
     programs = generate(tpg, DEFAULT, tokens=16)
-    with pytest.raises(ValueError, match="compiled for 16 tokens"):
+    with pytest.raises(ValueError, match="compiled for 16 new tokens"):
         prefill(System(2, DEFAULT), tpg, programs, [1] * 8, list(range(8)))
     with pytest.raises(ValueError, match="positions"):
         generate(tpg, DEFAULT, tokens=1024)
@@ -159,6 +160,91 @@ def test_paged_and_contiguous_kv_agree():
         assert np.array_equal(a, b)
 
 
+def slots_of(table, start, n, bs=16):
+    return [table[p // bs] * bs + p % bs for p in range(start, start + n)]
+
+
+def test_batched_decode_with_sliding_window():
+    """Three sequences of different lengths (prompts of 16, 9 and 5 tokens, each through an
+    extend phase from position 0) decode together in a batch of 4 (one padding sequence
+    writing to the pad block) for 20 greedy steps with tiny-mistral's 16-key window at
+    TP = 2: each sequence's logits within the bound of PyTorch over that sequence alone. Once
+    the first sequence's block 0 has left its window, that block is filled with NaNs: the
+    window layers' gathers never read it again."""
+    g = graph("tiny-mistral")
+    tpg = split(g, 2)
+    rng = np.random.default_rng(5)
+    prompts = [list(rng.integers(0, g.spec.vocab, n)) for n in (16, 9, 5)]
+    tables = [[5, 2, 7], [3, 8], [11, 4]]
+    kw = dict(max_context=64, kv_blocks=16)
+    dec = generate(tpg, DEFAULT, phase="decode", batch=4, **kw)
+    system = System(2, DEFAULT)
+    load_weights(system, dec)
+    ids, last = [], []
+    for prompt, table in zip(prompts, tables):
+        ext = generate(tpg, DEFAULT, phase="extend", tokens=len(prompt), **kw)
+        logits, _ = run_phase(system, tpg, ext, [Sequence(prompt, 0, table,
+                                                          slots_of(table, 0, len(prompt)))])
+        ids.append(list(prompt) + [int(logits[0][-1].argmax())])
+        last.append([logits[0][-1]])
+    poisoned = False
+    for _ in range(20):
+        if len(ids[0]) - 1 >= 31 and not poisoned:     # block 0 of sequence 0 out of window
+            for p in dec:
+                for region, (addr, size) in p.layout.regions.items():
+                    if region.endswith("_pool"):
+                        block = size // p.layout.kv_blocks
+                        system.devices[p.device].dram.write(
+                            addr + tables[0][0] * block, np.full(block, 0xFF, np.uint8))
+            poisoned = True
+        seqs = [Sequence([s[-1]], len(s) - 1, t, slots_of(t, len(s) - 1, 1))
+                for s, t in zip(ids, tables)]
+        logits, _ = run_phase(system, tpg, dec, seqs)
+        for s, out, lg in zip(ids, last, logits):
+            out.append(lg[0])
+            s.append(int(lg[0].argmax()))
+    assert poisoned
+    for s, out in zip(ids, last):
+        ref = torch_logits("tiny-mistral", s[:-1])
+        for i, logits in enumerate(out):
+            want = ref[len(s) - 1 - len(out) + i]
+            assert np.abs(logits - want).max() <= BOUND * np.abs(want).max(), i
+            assert np.isfinite(logits).all()
+
+
+def test_extend_continues_a_prefix():
+    """A 24-token prompt as a prefill of 16 then an extend of 8 (the new tokens attend over
+    the cached prefix through the block table): the 8 rows' logits within the bound of
+    PyTorch's for the whole prompt."""
+    g = graph("tiny-llama")
+    tpg = split(g, 2)
+    ids = list(np.random.default_rng(9).integers(0, g.spec.vocab, 24))
+    table = [6, 1]
+    pre = generate(tpg, DEFAULT, tokens=16, max_context=32)
+    ext = generate(tpg, DEFAULT, phase="extend", tokens=8, max_context=32)
+    system = System(2, DEFAULT)
+    load_weights(system, pre)
+    prefill(system, tpg, pre, ids[:16], slots_of(table, 0, 16))
+    logits, _ = run_phase(system, tpg, ext, [Sequence(ids[16:], 16, table,
+                                                      slots_of(table, 16, 8))])
+    ref = torch_logits("tiny-llama", ids)[16:]
+    assert np.abs(logits[0] - ref).max() <= BOUND * np.abs(ref).max()
+
+
+def test_batch_errors():
+    tpg = split(graph("tiny-llama"), 1)
+    dec = generate(tpg, DEFAULT, phase="decode", batch=2, max_context=32)
+    system = System(1, DEFAULT)
+    one = Sequence([1], 3, [1], [19])
+    with pytest.raises(ValueError, match="take 1 to 2 sequences, got 3"):
+        run_phase(system, tpg, dec, [one] * 3)
+    with pytest.raises(ValueError, match="1 to 16"):
+        generate(tpg, DEFAULT, phase="decode", batch=17)
+    with pytest.raises(ValueError, match="an extend phase continues"):
+        run_phase(system, tpg, generate(tpg, DEFAULT, tokens=1), [Sequence([1], 3, [], [3])])
+    assert PAD_BLOCK == 0
+
+
 def test_model_larger_than_device_memory():
     tpg = split(graph("tiny-llama"), 1)
     with pytest.raises(ValueError, match="does not fit device 0.s DRAM"):
@@ -171,11 +257,11 @@ def test_decode_errors():
     system = System(1, DEFAULT)
     with pytest.raises(ValueError, match="hold 32 keys"):
         decode(system, tpg, dec, 1, 32, [0, 1, 2], 32)
-    with pytest.raises(ValueError, match="needs 2 blocks"):
+    with pytest.raises(ValueError, match="need 2 blocks"):
         decode(system, tpg, dec, 1, 20, [0], 20)
     with pytest.raises(ValueError, match="not in the block"):
         decode(system, tpg, dec, 1, 20, [0, 3], 20)
     with pytest.raises(ValueError, match="whole blocks"):
         generate(tpg, DEFAULT, phase="decode", max_context=40)
-    with pytest.raises(ValueError, match="these are decode programs"):
+    with pytest.raises(ValueError, match="these are decode programs, not prefill"):
         prefill(system, tpg, dec, [1], [0])
