@@ -33,6 +33,8 @@ from npusim.firmware import collectives as col
 from npusim.firmware.attention import attention, attention_work
 from npusim.firmware.dma import copy
 from npusim.firmware.gemm import gemm_commands, plan_gemm
+from npusim.firmware.pipeline import pipelined
+from npusim.firmware.schedule import handoff, interleave
 from npusim.firmware.rowops import Tile, add, convert, rmsnorm, rope, swiglu, vec
 from npusim.sw import numerics as nx
 from npusim.sw.isa import Command
@@ -285,14 +287,17 @@ class _Device:
         return name in self.layout.regions
 
     def program(self):
-        values = {}
-        for n in self.tpg.graph.nodes:
+        values, fused = {}, set()
+        nodes = self.tpg.graph.nodes
+        for i, n in enumerate(nodes):
             s = self.tpg.shards[n.name]
-            if n.op == "embed":
+            if n.name in fused:
+                values[n.name] = "xn"
+            elif n.op == "embed":
                 self._embed(n, s)
                 values[n.name] = "x"
             elif n.op == "rmsnorm":
-                self._rmsnorm(n, values[n.inputs[0]])
+                self._rows(values[n.inputs[0]], norm=n)
                 values[n.name] = "xn"
             elif n.op == "attention":
                 self._attention(n, s)
@@ -303,7 +308,12 @@ class _Device:
             elif n.op == "add":
                 # the bias of the row-parallel layer feeding it, added once after its all-reduce
                 bias = next((f"{i}.bias" for i in n.inputs if self.has(f"{i}.bias")), None)
-                self._residual(values[n.inputs[0]], values[n.inputs[1]], bias)
+                after = nodes[i + 1] if i + 1 < len(nodes) else None
+                norm = after if after and after.op == "rmsnorm" and after.inputs == [n.name] \
+                    else None     # the RMSNorm of the sum, fused with it
+                self._rows(values[n.inputs[0]], values[n.inputs[1]], bias, norm)
+                if norm:
+                    fused.add(norm.name)
                 values[n.name] = "x"
             elif n.op == "linear":
                 self._lm_head(n, s, values[n.inputs[0]])
@@ -320,6 +330,8 @@ class _Device:
             return
         work = 2 * _SLOT
         most = (self.params.sram_bytes - work) // 4 // 16 * 16
+        slices = -(-count // most)
+        most = _align(-(-count // slices), 16)      # even slices
         for at in range(0, count, most):
             n = min(most, count - at)
             plan = col.plan_allreduce(self.params, tp, n,
@@ -348,23 +360,91 @@ class _Device:
                              f"{self.params.sram_bytes} are there")
         return [(r, min(rows, self.T - r)) for r in range(0, self.T, rows)]
 
-    def _rmsnorm(self, n, src):
+    def _rows(self, src, other=None, bias=None, norm=None):
+        """A row-wise phase in double-buffered chunks (``firmware/pipeline.py``): the residual
+        connection ``x = src + other (+ bias)``, stored as ``x``, and/or the RMSNorm ``norm``
+        of the result (or of ``src`` alone) to bf16, stored as ``xn``. After the add, the
+        other summand's buffer holds RMSNorm's squares."""
         H = self.H
-        for r0, rows in self._chunks(14 * H + 4, 4 * H, "rmsnorm"):
-            sram = _Arena(0, self.params.sram_bytes, "scratchpad (rmsnorm)")
+        slot_row = 4 * H + (4 * H if other else 0) + (2 * H if norm else 0)
+        shared_row = 4 * H + 4 if norm and not other else 4     # squares, statistics
+        sram = _Arena(0, self.params.sram_bytes, "scratchpad (row-wise phase)")
+        if norm:
             w = sram.take("weight", 4 * H)
-            x = Tile(sram.take("x", 4 * rows * H), rows, H)
-            sq = Tile(sram.take("squares", 4 * rows * H), rows, H)
-            stats = sram.take("stats", 4 * rows)
-            xn = Tile(sram.take("xn", 2 * rows * H), rows, H, dtype=DType.BF16)
-            self.cmds += load(x.addr, self.A(src) + 4 * r0 * H, 4 * rows * H)
-            self.cmds += load(w, self.A(f"{n.name}.weight"), 4 * H) + _fence()
-            self.cmds += rmsnorm(x, w, xn, n.attrs["eps"], squares=sq, stats=stats) + _fence()
-            self.cmds += store(self.A("xn") + 2 * r0 * H, xn.addr, 2 * rows * H) + _fence()
+            self.cmds += load(w, self.A(f"{norm.name}.weight"), 4 * H)
+        if bias:
+            b = Tile(sram.take("bias", 4 * H), 1, H)
+            self.cmds += load(b.addr, self.A(bias), 4 * H)
+        chunks = self._chunks(2 * slot_row + shared_row, sram.at, "a row-wise phase")
+        rows = chunks[0][1]
+        slots = [{name: sram.take(f"{name}{k}", size * rows) for name, size in
+                  (("a", 4 * H), ("b", 4 * H if other else 0), ("xn", 2 * H if norm else 0))
+                  if size} for k in range(2)]
+        squares = sram.take("squares", 4 * H * rows) if norm and not other else None
+        stats = sram.take("stats", 4 * rows)
+
+        def loads(chunk, k):
+            r0, n = chunk
+            cmds = load(slots[k]["a"], self.A(src) + 4 * r0 * H, 4 * n * H)
+            if other:
+                cmds += load(slots[k]["b"], self.A(other) + 4 * r0 * H, 4 * n * H)
+            return cmds
+
+        def compute(chunk, k):
+            _, n = chunk
+            x = Tile(slots[k]["a"], n, H)
+            cmds = []
+            if other:
+                cmds += add(x, Tile(slots[k]["b"], n, H), x)
+                if bias:
+                    cmds.append(vec(VectorOp.ADD, x, x, b, mode=VBMode.COL, ldb=H))
+            if norm:
+                sq = Tile(slots[k]["b"] if other else squares, n, H)
+                cmds += rmsnorm(x, w, Tile(slots[k]["xn"], n, H, dtype=DType.BF16),
+                                norm.attrs["eps"], squares=sq, stats=stats)
+            return cmds
+
+        def stores(chunk, k):
+            r0, n = chunk
+            cmds = store(self.A("x") + 4 * r0 * H, slots[k]["a"], 4 * n * H) if other else []
+            if norm:
+                cmds += store(self.A("xn") + 2 * r0 * H, slots[k]["xn"], 2 * n * H)
+            return cmds
+        self.cmds += pipelined(chunks, loads, compute, stores) + _fence()
 
     def _gemm(self, a, b, c, m, n, k):
         plan = plan_gemm(self.params, m, n, k, tm=_tile(m), tn=_tile(n), tk=_tile(k))
         self.cmds += gemm_commands(plan, self.A(a), self.A(b), self.A(c)) + _fence()
+
+    def _row_parallel(self, a, w, m, n, k):
+        """``y = a @ w`` (bf16 ``a``: the O or down projection's input), then its all-reduce.
+        With TP > 1 and enough rows, in ``_OVERLAP_CHUNKS`` chunks of rows: chunk ``c``'s
+        all-reduce runs interleaved with chunk ``c + 1``'s GEMM (``firmware/schedule.py``),
+        so the link overlaps the matrix unit; a handoff makes the all-reduce wait for its
+        rows' stores. The all-reduce's scratchpad follows the GEMM's."""
+        rows = -(-m // _OVERLAP_CHUNKS)
+        chunks = [(r0, min(rows, m - r0)) for r0 in range(0, m, rows)]
+        plans = {r: plan_gemm(self.params, r, n, k, tm=_tile(r), tn=_tile(n), tk=_tile(k))
+                 for r in {r for _, r in chunks}}
+        stage = _align(max(p.c_slots[1] + 4 * p.tm * p.tn for p in plans.values()))
+        if self.tpg.tp == 1 or rows < _MIN_CHUNK \
+                or stage + 2 * _SLOT + 4 * rows * n > self.params.sram_bytes:
+            self._gemm(a, w, "y", m, n, k)         # one GEMM, then the all-reduce
+            self._allreduce("y", m * n)
+            return
+        pending = []
+        for r0, rows in chunks:
+            signal, waits = handoff(Engine.DMA_OUT)
+            mine = gemm_commands(plans[rows], self.A(a) + 2 * r0 * k, self.A(w),
+                                 self.A("y") + 4 * r0 * n) + signal
+            self.cmds += interleave(mine, pending)
+            plan = col.plan_allreduce(self.params, self.tpg.tp, rows * n,
+                                      col.Buffer.dram(self.A("y") + 4 * r0 * n),
+                                      recv=self.A("recv"), stage=stage,
+                                      work=stage + 2 * _SLOT, slot_bytes=_SLOT, recv_slots=4)
+            self.regs.update(col.ring_registers(plan, self.device, self.bus))
+            pending = waits + col.ring_allreduce(plan, self.device)
+        self.cmds += pending + _fence()
 
     def _add_bias(self, tile, sram, region, offset=0):
         """tile += the fp32 vector ``region`` (from element ``offset``) down the rows."""
@@ -387,8 +467,7 @@ class _Device:
         self._gemm("xn", f"{n.name}.qkv_t", "qkv", T, W, H)
         for g in range(kvh):
             self._attention_group(n, g, group, D, qw, kw, W)
-        self._gemm("attn", f"{n.name}.o_t", "y", T, H, qw)
-        self._allreduce("y", T * H)
+        self._row_parallel("attn", f"{n.name}.o_t", T, H, qw)
 
     def _attention_group(self, n, g, group, D, qw, kw, W):
         T = self.T
@@ -516,34 +595,27 @@ class _Device:
         T, H = self.T, self.H
         inter = s.attrs["intermediate"]
         self._gemm("xn", f"{n.name}.gate_up_t", "gu", T, 2 * inter, H)
-        for r0, rows in self._chunks(8 * inter + 2 * inter, 8 * inter, "swiglu"):
-            sram = _Arena(0, self.params.sram_bytes, "scratchpad (swiglu)")
-            gu = Tile(sram.take("gu", 4 * rows * 2 * inter), rows, 2 * inter)
-            self.cmds += load(gu.addr, self.A("gu") + 8 * r0 * inter, 8 * rows * inter)
-            self.cmds += _fence()
-            self._add_bias(gu, sram, f"{n.name}.gate_up_bias")
-            h = Tile(sram.take("h", 2 * rows * inter), rows, inter, dtype=DType.BF16)
-            self.cmds += swiglu(gu.cols_at(0, inter), gu.cols_at(inter, inter), h) + _fence()
-            self.cmds += store(self.A("h") + 2 * r0 * inter, h.addr, 2 * rows * inter)
-            self.cmds += _fence()
-        self._gemm("h", f"{n.name}.down_t", "y", T, H, inter)
-        self._allreduce("y", T * H)
+        # silu(gate) * up -> bf16, in double-buffered chunks
+        sram = _Arena(0, self.params.sram_bytes, "scratchpad (swiglu)")
+        bias = self.has(f"{n.name}.gate_up_bias")
+        if bias:
+            b = Tile(sram.take("bias", 8 * inter), 1, 2 * inter)
+            self.cmds += load(b.addr, self.A(f"{n.name}.gate_up_bias"), 8 * inter)
+        chunks = self._chunks(2 * (8 * inter + 2 * inter), sram.at, "swiglu")
+        rows = chunks[0][1]
+        gu = [sram.take(f"gu{k}", 8 * inter * rows) for k in range(2)]
+        h = [sram.take(f"h{k}", 2 * inter * rows) for k in range(2)]
 
-    def _residual(self, a, b, bias):
-        """x = a + b (+ the bias of the row-parallel layer that made b, added once, after
-        the all-reduce)."""
-        H = self.H
-        for r0, rows in self._chunks(8 * H, 4 * H, "residual"):
-            sram = _Arena(0, self.params.sram_bytes, "scratchpad (residual)")
-            xa = Tile(sram.take("a", 4 * rows * H), rows, H)
-            xb = Tile(sram.take("b", 4 * rows * H), rows, H)
-            self.cmds += load(xa.addr, self.A(a) + 4 * r0 * H, 4 * rows * H)
-            self.cmds += load(xb.addr, self.A(b) + 4 * r0 * H, 4 * rows * H)
-            self.cmds += _fence() + add(xa, xb, xa)
-            if bias:
-                self._add_bias(xa, sram, bias)
-            self.cmds += _fence() + store(self.A("x") + 4 * r0 * H, xa.addr, 4 * rows * H)
-            self.cmds += _fence()
+        def compute(chunk, k):
+            x = Tile(gu[k], chunk[1], 2 * inter)
+            cmds = [vec(VectorOp.ADD, x, x, b, mode=VBMode.COL, ldb=2 * inter)] if bias else []
+            return cmds + swiglu(x.cols_at(0, inter), x.cols_at(inter, inter),
+                                 Tile(h[k], chunk[1], inter, dtype=DType.BF16))
+        self.cmds += pipelined(
+            chunks, lambda c, k: load(gu[k], self.A("gu") + 8 * c[0] * inter, 8 * c[1] * inter),
+            compute, lambda c, k: store(self.A("h") + 2 * c[0] * inter, h[k], 2 * c[1] * inter))
+        self.cmds += _fence()
+        self._row_parallel("h", f"{n.name}.down_t", T, H, inter)
 
     def _lm_head(self, n, s, src):
         T, H, cols = self.T, self.H, s.attrs["rows"]
@@ -569,3 +641,6 @@ def _copy2d(engine, src_space, src, src_stride, dst_space, dst, row_bytes, rows,
 
 #: Bytes of one collective piece and receive slot.
 _SLOT = 4096
+#: A row-parallel GEMM's all-reduce overlaps the GEMM in this many chunks of rows, of at
+#: least ``_MIN_CHUNK`` rows each.
+_OVERLAP_CHUNKS, _MIN_CHUNK = 4, 8

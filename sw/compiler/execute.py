@@ -15,7 +15,8 @@ from npusim.sw.isa import encode_stream
 
 from .codegen import SEQ_REG0
 
-__all__ = ["local_ids", "load_weights", "Sequence", "PAD_BLOCK", "prefill", "decode", "run"]
+__all__ = ["local_ids", "load_weights", "Sequence", "PAD_BLOCK", "prefill", "decode", "run",
+           "host_inputs", "split_logits", "stream_bytes"]
 
 
 def local_ids(tpg, device, tokens):
@@ -53,8 +54,10 @@ class Sequence:
         return value[group] if isinstance(value, dict) else value
 
 
-#: The block padding sequences of a decode batch write their K and V to: block 0, which the
-#: runtime's KV cache manager keeps back (the null block) and never gives a sequence.
+#: The block padding writes its K and V to -- the padding sequences of a decode batch, and
+#: the padding tokens after a prompt shorter than its bucket (a slot in this block is always
+#: allowed): block 0, which the runtime's KV cache manager keeps back (the null block) and
+#: never gives a sequence.
 PAD_BLOCK = 0
 
 
@@ -80,41 +83,69 @@ def decode(system, tpg, programs, token, position, block_table, slot):
 
 def run(system, tpg, programs, sequences):
     """Run one phase's ``programs`` for ``sequences`` (:class:`Sequence`; a decode batch
-    shorter than the programs' is padded with sequences writing to ``PAD_BLOCK``): ``([logits
-    (new tokens x vocab) fp32 per sequence], cycles)``."""
+    shorter than the programs' is padded with sequences writing to ``PAD_BLOCK``) on the
+    functional model ``system``: ``([logits (new tokens x vocab) fp32 per sequence],
+    cycles)``."""
+    sequences, writes, regs = host_inputs(tpg, programs, sequences)
+    for p in programs:
+        dram = system.devices[p.device].dram
+        for addr, data in writes[p.device]:
+            dram.write(addr, np.frombuffer(data, np.uint8))
+        system.launch(p.device, stream_bytes(p), 0, regs=regs[p.device])
+    start = system.kernel.now
+    system.run()
+    system.check()
+    cycles = system.kernel.now - start
+    raw = {p.device: system.devices[p.device].dram.read(*p.layout.regions["logits"]).tobytes()
+           for p in programs}
+    return split_logits(programs, raw, sequences), cycles
+
+
+def stream_bytes(program):
+    """The program's encoded stream, checked against the stream area its layout leaves."""
+    stream = encode_stream(program.commands)
+    if len(stream) > program.layout.stream_bytes:
+        raise ValueError(f"device {program.device}'s stream is {len(stream)} bytes, more than "
+                         f"the {program.layout.stream_bytes} of the stream area")
+    return stream
+
+
+def host_inputs(tpg, programs, sequences):
+    """What the host writes before launching ``programs`` for ``sequences``: ``(the sequences
+    padded, {device: [(DRAM address, bytes)]}, {device: {register: value}})`` -- the new
+    tokens' ids (each device's own vocabulary range), the slot mappings and block tables per
+    KV group, the position registers and the ring registers. ValueError when the sequences do
+    not fit the programs."""
     layout = programs[0].layout
     sequences = _check(layout, sequences)
     tokens = [t for s in sequences for t in s.tokens]
-    regs = {SEQ_REG0 + i: s.start for i, s in enumerate(sequences)} if layout.segments else {}
+    positions = {SEQ_REG0 + i: s.start for i, s in enumerate(sequences)} \
+        if layout.segments else {}
+    writes, regs = {}, {}
     for p in programs:
-        dram = system.devices[p.device].dram
-        dram.write(p.layout.addr("ids"), local_ids(tpg, p.device, tokens).view(np.uint8))
+        out = writes[p.device] = [(p.layout.addr("ids"),
+                                   local_ids(tpg, p.device, tokens).tobytes())]
         for group in layout.groups:
             slots = [x for s in sequences for x in s.of("slots", group)]
-            dram.write(p.layout.addr(f"slots.{group}"), np.asarray(slots, np.uint32).view(np.uint8))
+            out.append((p.layout.addr(f"slots.{group}"), np.asarray(slots, np.uint32).tobytes()))
             if layout.segments:
                 tables = np.zeros((len(sequences), layout.table_entries), np.uint32)
                 for i, s in enumerate(sequences):
                     table = s.of("tables", group)[:layout.table_entries]
                     tables[i, :len(table)] = table
-                dram.write(p.layout.addr(f"table.{group}"), tables.view(np.uint8).ravel())
-        stream = encode_stream(p.commands)
-        if len(stream) > p.layout.stream_bytes:
-            raise ValueError(f"device {p.device}'s stream is {len(stream)} bytes, more than "
-                             f"the {p.layout.stream_bytes} of the stream area")
-        system.launch(p.device, stream, 0, regs={**p.registers, **regs})
-    start = system.kernel.now
-    system.run()
-    system.check()
-    cycles = system.kernel.now - start
-    parts = []
-    for p in programs:
-        addr, nbytes = p.layout.regions["logits"]
-        parts.append(system.devices[p.device].dram.read(addr, nbytes).view(np.float32)
-                     .reshape(len(tokens), -1))
-    logits = np.concatenate(parts, axis=1)
+                out.append((p.layout.addr(f"table.{group}"), tables.tobytes()))
+        regs[p.device] = {**p.registers, **positions}
+    return sequences, writes, regs
+
+
+def split_logits(programs, raw, sequences):
+    """Each sequence's logits (new tokens x vocab, fp32) from each device's ``logits`` region
+    bytes (``raw``: {device: bytes}): the devices' vocabulary slices side by side."""
+    rows = sum(len(s.tokens) for s in sequences)
+    logits = np.concatenate([np.frombuffer(raw[p.device], np.float32).reshape(rows, -1)
+                             for p in programs], axis=1)
     bounds = np.cumsum([0] + [len(s.tokens) for s in sequences])
-    return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])], cycles
+    return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _check(layout, sequences):
@@ -159,7 +190,7 @@ def _check(layout, sequences):
                                  f"the table has {len(table)} ({group} layers)")
             for j, slot in enumerate(slots):
                 pos = s.start + j
-                if slot // bs != table[pos // bs]:
+                if slot // bs != table[pos // bs] and slot // bs != PAD_BLOCK:
                     raise ValueError(f"slot {slot} is not in the block the table gives "
                                      f"position {pos} ({group} layers)")
     return sequences

@@ -23,7 +23,7 @@ from .fault import DeviceFault
 from .kernel import Until
 from .memory import DenseMemory, OutOfBounds, SparseMemory
 
-__all__ = ["Device", "EngineStats"]
+__all__ = ["Device", "EngineStats", "TraceEvent"]
 
 MASK64 = (1 << 64) - 1
 _COMPUTE = {"MATMUL": compute.matmul, "VECTOR": compute.vector, "REDUCE": compute.reduce,
@@ -36,6 +36,19 @@ class EngineStats:
     commands: int = 0
     busy_cycles: int = 0
     wait_cycles: int = 0
+    bytes: int = 0
+    macs: int = 0
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """One command an engine ran: ``start`` and ``end`` cycles (a SEM_WAIT's span is its
+    wait), its stream ``offset`` (DRAM address), bytes it moved and MACs it did."""
+    engine: Engine
+    name: str
+    start: int
+    end: int
+    offset: int
     bytes: int = 0
     macs: int = 0
 
@@ -92,6 +105,8 @@ class Device:
         self.frames = []
         self.queues = {e: deque() for e in Engine}
         self.stats = {e: EngineStats() for e in Engine}
+        #: the engines' :class:`TraceEvent` s when tracing (``System.trace``), else None
+        self.trace = None
         self.stopped_state = None  # DeviceState.HALTED or FAULT once stopped
         self.error_code, self.error_offset, self.error_message, self.halt_code = ErrorCode.OK, 0, "", 0
         self.last_activity = 0
@@ -392,6 +407,7 @@ class Device:
             entry = queue[0]
             cmd, c, addr = entry
             start = self.kernel.now
+            moved = macs = 0
             try:
                 if cmd.name == "SEM_WAIT":
                     sem, value = c["sem"], c["value"]
@@ -420,12 +436,14 @@ class Device:
                     plan.execute()
                     if plan.link_write:
                         self.system.link_dma_answered(self)
-                    st.bytes += plan.bytes
+                    moved = plan.bytes
+                    st.bytes += moved
                 else:
                     yield timing.compute_cycles(p, cmd.name, c)
                     _COMPUTE[cmd.name](self.sram, c)
                     if cmd.name == "MATMUL":
-                        st.macs += c["m"] * c["n"] * c["k"]
+                        macs = c["m"] * c["n"] * c["k"]
+                        st.macs += macs
             except DeviceFault as f:
                 if f.code == ErrorCode.LINK_TIMEOUT:  # nothing answers: wait out the timeout
                     yield p.link_completion_timeout
@@ -436,6 +454,9 @@ class Device:
             st.commands += 1
             st.busy_cycles += self.kernel.now - start
             self.last_activity = self.kernel.now
+            if self.trace is not None:
+                self.trace.append(TraceEvent(engine, cmd.name, start, self.kernel.now, addr,
+                                             moved, macs))
 
     # -- DMA ------------------------------------------------------------------------------------
 

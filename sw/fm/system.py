@@ -202,6 +202,12 @@ class System:
         ])
         return self._seq
 
+    def trace(self, on=True):
+        """Record every engine's commands from now on (``device.trace``, a list of
+        :class:`~.device.TraceEvent`), or stop recording (``on=False``, the lists dropped)."""
+        for d in self.devices:
+            d.trace = [] if on else None
+
     def run(self, max_cycles=None):
         """Simulate until nothing is left to do (or ``max_cycles``); returns the cycle count."""
         return self.kernel.run(max_cycles)
