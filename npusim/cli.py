@@ -160,6 +160,88 @@ def cmd_compile(args):
     return 0
 
 
+def cmd_generate(args):
+    """Serve the prompts on a cluster, printing tokens as they come, then a summary."""
+    import time
+    from .sw.compiler.graph import GraphError
+    from .sw.runtime.engine import LLM, SamplingParams
+    from .sw.runtime.kv_cache import KVCacheError
+    started = time.monotonic()
+    try:
+        sampling = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                                  top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                  stop=tuple(args.stop))
+        llm = LLM(args.config, tp=args.tp, backend=args.backend,
+                  max_num_seqs=args.max_num_seqs, max_context=args.max_context,
+                  kv_blocks=args.kv_blocks, block_size=args.block_size)
+    except (GraphError, KVCacheError, ValueError, FileNotFoundError) as e:
+        print(f"npusim generate: {e}", file=sys.stderr)
+        return 2
+    prompts = args.prompt or ["We hold these truths"]
+    setup = time.monotonic() - started
+    if args.trace:
+        llm.cluster.trace()
+    total = len(prompts) * args.max_tokens
+    done, single = 0, len(prompts) == 1
+    with llm:
+        try:
+            outs = {}
+            if single:
+                print(prompts[0], end="", flush=True)
+            for ev in llm.stream(prompts, sampling):
+                done += ev.token_id is not None
+                if single:
+                    print(ev.text, end="", flush=True)
+                elif ev.finished:
+                    print(f"[{ev.request_id}] {ev.output.prompt!r} -> {ev.output.text!r}",
+                          flush=True)
+                if ev.finished:
+                    outs[ev.request_id] = ev.output
+                if sys.stderr.isatty() and not single:
+                    bar = "#" * (30 * done // total)
+                    print(f"\r[{bar:<30}] {done}/{total} tokens", end="", file=sys.stderr,
+                          flush=True)
+            if single:
+                print()
+            if sys.stderr.isatty() and not single:
+                print(file=sys.stderr)
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+        wall = time.monotonic() - setup - started
+        print(_generate_summary(llm, list(outs.values()), wall, setup))
+        if args.trace:
+            from .sw.runtime.profile import format_summary, profile
+            info = profile(llm.cluster, llm.model.spans, args.trace)
+            print(format_summary(info))
+            print(f"trace: {', '.join(str(f) for f in info['files'].values())}")
+    rejected = [o for o in outs.values() if o.finish_reason == "rejected"]
+    for o in rejected:
+        print(f"npusim generate: request {o.request_id} rejected: {o.error}", file=sys.stderr)
+    return 1 if rejected else 0
+
+
+def _generate_summary(llm, outs, wall, setup):
+    """What a run did, in device cycles and in simulated time at the parameters' clock."""
+    hz = llm.cluster.params.clock_hz
+    cycles = llm.cluster.cycles
+    tokens = sum(len(o.token_ids) for o in outs)
+    ttft = [o.ttft_cycles for o in outs if o.ttft_cycles is not None]
+    lines = [f"{len(outs)} requests, {tokens} tokens in {cycles:,} device cycles "
+             f"({cycles / hz * 1e3:.3f} ms at {hz / 1e9:g} GHz): "
+             f"{tokens / (cycles / hz) if cycles else 0:,.0f} tokens/s simulated",
+             f"steps: {llm.steps['prefill']} prefill, {llm.steps['decode']} decode; "
+             f"preemptions {sum(o.preemptions for o in outs)}; prefix-cached prompt tokens "
+             f"{sum(o.cached_tokens for o in outs)}"]
+    if ttft:
+        lines.append(f"time to first token: mean {sum(ttft) / len(ttft) / hz * 1e3:.3f} ms, "
+                     f"max {max(ttft) / hz * 1e3:.3f} ms")
+    lines.append(f"backend {llm.cluster.backend_name}, TP = {llm.cluster.n_devices}; wall "
+                 f"{wall:.1f} s ({cycles / wall if wall else 0:,.0f} cycles/s) after "
+                 f"{setup:.1f} s of compile and load")
+    return "\n".join(lines)
+
+
 def cmd_bench(args):
     from .benchmarks import run_benchmarks
     return run_benchmarks(args.name, record=args.record)
@@ -234,6 +316,27 @@ def build_parser():
     s.add_argument("--no-estimate", action="store_true",
                    help="skip the cycle estimate on the functional model")
     s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("generate", help="generate text with a model on a simulated cluster")
+    s.add_argument("--config", default="tiny-trained",
+                   help="a preset or a Hugging Face config.json (default tiny-trained)")
+    s.add_argument("--tp", type=int, default=1, help="tensor-parallel devices")
+    s.add_argument("--backend", choices=["functional", "rtl"], default="functional")
+    s.add_argument("--prompt", action="append", default=[],
+                   help="a prompt (repeat for a batch; default 'We hold these truths')")
+    s.add_argument("--max-tokens", type=int, default=32, help="tokens per prompt")
+    s.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    s.add_argument("--max-num-seqs", type=int, default=4, help="sequences decoding together")
+    s.add_argument("--max-context", type=int, default=None, help="positions per sequence")
+    s.add_argument("--kv-blocks", type=int, default=64, help="KV blocks per device")
+    s.add_argument("--block-size", type=int, default=16, help="KV block size in tokens")
+    s.add_argument("--trace", metavar="DIR",
+                   help="write a Perfetto trace and a PNG timeline of the run under DIR")
+    s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("bench", help="run a benchmark (or all) and print its figures")
     s.add_argument("name", help="benchmark name, or 'all'")

@@ -174,3 +174,25 @@ def test_compile_errors(tmp_path, args, message):
     proc = npusim("compile", *args, "-o", tmp_path / "x", check=False)
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def test_generate_prints_tokens_summary_and_trace(tmp_path):
+    """``npusim generate`` on the trained model: the greedy continuation as it comes, the
+    summary, and with ``--trace`` the Perfetto JSON and the PNG timeline."""
+    proc = npusim("generate", "--tp", 2, "--prompt", "We hold these truths", "--max-tokens", 6,
+                  "--max-context", 64, "--trace", tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "We hold these truths to be"
+    assert "1 requests, 6 tokens in" in proc.stdout and "tokens/s simulated" in proc.stdout
+    assert "phase" in proc.stdout and "COMPUTE" in proc.stdout
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert any(e.get("name") == "MATMUL" for e in trace["traceEvents"])
+    assert (tmp_path / "trace.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generate_reports_rejected_prompts():
+    proc = npusim("generate", "--prompt", "x" * 40, "--prompt", "Liberty", "--max-tokens", 2,
+                  "--max-context", 32, check=False)
+    assert proc.returncode == 1
+    assert "request 0 rejected: the prompt has 40 tokens" in proc.stderr
+    assert "[1] 'Liberty' -> ', '" in proc.stdout

@@ -1,0 +1,162 @@
+"""The ``rtl`` backend of :class:`~.cluster.Cluster`: the Verilated system RTL, driven by the
+cosim host over the link.
+
+:class:`RtlBackend` builds the system (``cosim/system_top.py``: root complex, switch and
+``n`` devices; Verilator builds are cached by a hash of the generated Verilog), starts the
+simulator on ``cosim/cluster_server.py`` in a background thread and serves the cluster's
+primitives as requests over a local connection. Register reads and writes are memory TLPs
+through the root complex, the link and the switch; launches ring the doorbell that way and
+complete with an MSI. Memory images (weights, streams, the host's inputs and outputs) move
+through the DRAM models' backdoors, as a test bench loads memories: a link at simulated
+speed would take longer than the run itself for the weights.
+"""
+
+import json
+import secrets
+import threading
+from multiprocessing.connection import Listener
+from pathlib import Path
+
+from npusim.cosim.system_top import SYSTEM_BUS as RTL_BUS
+from npusim.cosim.system_top import SYSTEM_PARAMS as RTL_PARAMS
+
+__all__ = ["RtlBackend", "RTL_PARAMS", "RTL_BUS", "RtlBackendError"]
+
+
+class RtlBackendError(RuntimeError):
+    """The simulator failed, or a request to it did."""
+
+
+class RtlBackend:
+    """``n`` devices of the system RTL with ``params`` behind ``bus``. ``waves`` records an
+    FST of the whole run (default ``$WAVES``); ``results_dir`` is where it and the
+    simulator's log go."""
+
+    SERVER = Path(__file__).resolve().parents[2] / "cosim" / "cluster_server.py"
+
+    def __init__(self, n, params, bus, *, waves=None, results_dir=None, timeout=7200,
+                 connect_timeout=1800):
+        from npusim.cosim.system_top import SystemTop
+        from npusim.cosim.verilator_flow import build
+        server = self.SERVER
+        if not server.is_file():      # an installed package: the module sits in npusim.cosim
+            import npusim.cosim
+            server = Path(npusim.cosim.__file__).with_name("cluster_server.py")
+        name = f"system_{n}x{params.array_rows}x{params.array_cols}"
+        self.design = build(SystemTop(n, params, bus), name, waves=waves, timeout=2400)
+        key = secrets.token_bytes(16)
+        self._listener = Listener(("127.0.0.1", 0), authkey=key)
+        host, port = self._listener.address
+        env = {"NPUSIM_SERVER_ADDRESS": f"{host}:{port}",
+               "NPUSIM_SERVER_PARAMS": json.dumps(params.as_dict()),
+               "NPUSIM_SERVER_BUS": json.dumps(vars(bus)),
+               "NPUSIM_SERVER_DEVICES": str(n), "NPUSIM_SERVER_KEY": key.hex()}
+        self.results_dir = Path(results_dir) if results_dir else None
+        self._error = None
+        self._thread = threading.Thread(target=self._simulate, daemon=True,
+                                        args=(server, env, timeout), name="npusim-rtl")
+        self._thread.start()
+        self._conn = self._accept(connect_timeout)
+        tag, self._start = self._conn.recv()
+        if tag != "ready":
+            raise RtlBackendError(f"the simulator said {tag!r} instead of ready")
+
+    @property
+    def waves(self):
+        """The FST file of the run (after :meth:`close`), when recorded."""
+        from npusim.cosim.verilator_flow import build_root
+        if not self.design.trace:
+            return None
+        root = self.results_dir or build_root() / "results" / \
+            f"{self.design.name}-cluster_server"
+        return root / "dump.fst"
+
+    def _simulate(self, server, env, timeout):
+        from npusim.cosim.verilator_flow import run
+        try:
+            run(self.design, server, testcase="serve", env=env, timeout=timeout,
+                results_dir=self.results_dir)
+        except BaseException as e:          # reported by the next request
+            self._error = e
+
+    def _accept(self, timeout):
+        """The simulator's connection, or the reason it never came (the accept waits in a
+        thread of its own, so a simulator that dies while starting is noticed)."""
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(self._listener.accept()),
+                                  daemon=True)
+        waiter.start()
+        waited = 0.0
+        while waited < timeout:
+            waiter.join(1.0)
+            if got:
+                return got[0]
+            waited += 1.0
+            if not self._thread.is_alive():
+                raise RtlBackendError(f"the simulator ended before connecting: "
+                                      f"{self._error}") from self._error
+        raise RtlBackendError(f"the simulator did not connect within {timeout:.0f} s")
+
+    def _call(self, op, *args):
+        if self._conn is None:
+            raise RtlBackendError("the RTL backend is closed")
+        try:
+            self._conn.send((op, *args))
+            tag, value = self._conn.recv()
+        except (EOFError, OSError) as e:
+            raise RtlBackendError(f"the simulator went away during {op}: {self._error}") from e
+        if tag != "ok":
+            raise RtlBackendError(f"{op} failed in the simulator: {value}")
+        return value
+
+    # -- the cluster's primitives ----------------------------------------------------------------
+
+    def write(self, d, addr, data):
+        self._call("write", d, addr, bytes(data))
+
+    def read(self, d, addr, n):
+        return bytes(self._call("read", d, addr, n))
+
+    def mmio_write(self, d, off, value):
+        self._call("mmio_write", d, off, value)
+
+    def mmio_read(self, d, off):
+        return self._call("mmio_read", d, off)
+
+    def read_host(self, addr, n):
+        return bytes(self._call("read_host", addr, n))
+
+    def run_until(self, irqs, timeout_cycles):
+        try:
+            self._call("run_until", {str(k): v for k, v in irqs.items()}, timeout_cycles)
+        except RtlBackendError as e:
+            if "TimeoutError" in str(e):
+                raise TimeoutError(f"devices did not complete within {timeout_cycles} "
+                                   f"cycles: {irqs}") from e
+            raise
+
+    def now(self):
+        return self._call("now")
+
+    def error_message(self, d):
+        return "reported by the RTL (error code and offset only)"
+
+    def trace(self, on):
+        pass        # the RTL's activity is in the waves (WAVES=1)
+
+    def events(self, d):
+        return []
+
+    def close(self):
+        if self._conn is not None:
+            try:
+                self._call("close")
+            except RtlBackendError:
+                pass
+            self._conn.close()
+            self._conn = None
+        self._listener.close()
+        self._thread.join(timeout=120)
+        if self._error is not None:
+            raise RtlBackendError(f"the simulation failed: {self._error}") from self._error
+
