@@ -10,11 +10,13 @@ PYTEST  := $(PY) -m pytest -p no:cacheprovider
 APT_PKGS := liblz4-dev g++ perl
 
 .DEFAULT_GOAL := help
-.PHONY: help install sysdeps test test-slow test-all sim bench docs clean
+.PHONY: help install sysdeps test test-slow test-all sim waves bench docs clean
 
 help:  ## this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: JOBS=$(JOBS) (pytest workers), WAVES=1 (FST waves of RTL tests)"
+	@echo "  variables: JOBS=$(JOBS) (pytest workers), WAVES=1 (FST waves of RTL tests and of make sim);"
+	@echo "  make sim: TP=$(TP) (devices) TOKENS=$(TOKENS) (decode steps) LAYERS=$(LAYERS) (of the 2 trained)"
+	@echo "            ARRAY=$(ARRAY) (matrix-unit edge) SMALL=1 (short run) SIM_OUT=$(SIM_OUT)"
 
 install: $(STAMP)  ## create .venv and install npusim with its test extras (idempotent)
 
@@ -41,8 +43,26 @@ test-slow: install  ## run only the `slow` tests (long random sweeps, big system
 test-all: install  ## run every test, slow ones included
 	$(PYTEST) -n $(JOBS) -m ''
 
-sim: install  ## run the flagship simulation (see `npusim sim --help`)
-	$(VENV)/bin/npusim sim
+# the flagship's parameters (`make sim TP=2 TOKENS=8 LAYERS=2 ARRAY=4 WAVES=1 SMALL=1`)
+TP      ?= 2
+TOKENS  ?= 8
+LAYERS  ?= 2
+ARRAY   ?= 4
+SMALL   ?= 0
+SIM_OUT ?= build/sim
+
+sim: install  ## the flagship: the trained LLM at TP on the RTL system (TP= TOKENS= LAYERS= ARRAY= WAVES=1 SMALL=1)
+	$(VENV)/bin/npusim sim --tp $(TP) --tokens $(TOKENS) --layers $(LAYERS) --array $(ARRAY) \
+		-o $(SIM_OUT) $(if $(filter 1 yes true,$(WAVES)),--waves) $(if $(filter 1 yes true,$(SMALL)),--small)
+
+waves:  ## open the flagship's waves (make sim WAVES=1) in GTKWave, or say what to open
+	@if [ ! -f $(SIM_OUT)/system.fst ]; then echo "no $(SIM_OUT)/system.fst: run 'make sim WAVES=1' first"; exit 1; fi
+	@if command -v gtkwave >/dev/null && [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then \
+		gtkwave $(SIM_OUT)/system.fst $(SIM_OUT)/system.gtkw & \
+	else \
+		echo "open $(SIM_OUT)/system.fst with the layout $(SIM_OUT)/system.gtkw (GTKWave: gtkwave $(SIM_OUT)/system.fst $(SIM_OUT)/system.gtkw);"; \
+		echo "the run's trace: $(SIM_OUT)/trace.json (https://ui.perfetto.dev), timeline: $(SIM_OUT)/timeline.png"; \
+	fi
 
 bench: install  ## run every benchmark and record its JSON under bench/results/
 	$(VENV)/bin/npusim bench all --record bench/results

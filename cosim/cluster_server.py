@@ -1,6 +1,6 @@
 """cocotb test module: the system RTL as a server of the runtime's ``rtl`` backend.
 
-``npusim.sw.runtime.rtl.RtlBackend`` builds a :class:`~npusim.cosim.system_top.SystemTop`,
+``npusim.cosim.rtl_backend.RtlBackend`` builds a :class:`~npusim.cosim.system_top.SystemTop`,
 starts the simulator on this module's one test and waits for it to connect back
 (``NPUSIM_SERVER_ADDRESS``, ``NPUSIM_SERVER_KEY``). The test resets and enumerates the system
 through the root complex and the switch (:class:`~npusim.cosim.system.SystemHost`), then

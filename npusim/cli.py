@@ -138,8 +138,9 @@ def cmd_example(args):
 
 
 def cmd_sim(args):
-    from .sim import run_flagship
-    return run_flagship(devices=args.devices)
+    from .flagship import run_flagship
+    return run_flagship(tp=args.tp, tokens=args.tokens, layers=args.layers, waves=args.waves,
+                        array=args.array, small=args.small, out=args.output)
 
 
 def cmd_compile(args):
@@ -291,8 +292,15 @@ def build_parser():
     s.add_argument("--device", type=int, default=0, help="whose stream (tp-linear)")
     s.set_defaults(func=cmd_example)
 
-    s = sub.add_parser("sim", help="the flagship simulation")
-    s.add_argument("--devices", type=int, default=2)
+    s = sub.add_parser("sim", help="the flagship co-simulation: an LLM on the RTL system")
+    s.add_argument("--tp", type=int, default=2, help="tensor-parallel devices (RTL devices)")
+    s.add_argument("--tokens", type=int, default=8, help="decode steps after the prefill")
+    s.add_argument("--layers", type=int, default=2, help="decoder layers (of the 2 trained)")
+    s.add_argument("--array", type=int, default=4, help="matrix-unit edge (rows = columns)")
+    s.add_argument("--waves", action="store_true", help="record FST waves of the RTL run")
+    s.add_argument("--small", action="store_true",
+                   help="a short prompt and at most 2 decode steps (the test suite's run)")
+    s.add_argument("-o", "--output", default="build/sim", help="artifact directory")
     s.set_defaults(func=cmd_sim)
 
     s = sub.add_parser("compile", help="compile a model to per-device command streams")

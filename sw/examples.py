@@ -1,7 +1,7 @@
 """Small complete programs: command streams with their inputs and the expected result.
 
-Used by ``npusim example`` (write a sample stream to disassemble), by ``npusim sim`` (the
-largest end-to-end path the functional model runs until the RTL system exists) and by tests.
+Used by ``npusim example`` (write a sample stream to disassemble), by the benchmarks and by
+tests.
 """
 
 from dataclasses import dataclass, field

@@ -92,7 +92,13 @@ def build_model(config, seed=0):
     model = model_cls(cfg)
     if "checkpoint" in config:   # weights from a file in the package's data, not the seed
         path = Path(__file__).with_name("data") / config["checkpoint"]
-        model.load_state_dict(torch.load(path, weights_only=True))
+        state, wanted = torch.load(path, weights_only=True), model.state_dict()
+        missing = sorted(set(wanted) - set(state))
+        if missing:
+            raise ValueError(f"the checkpoint {config['checkpoint']} has no {missing[0]} "
+                             f"(fewer layers than the configuration's?)")
+        # a configuration with fewer layers takes the checkpoint's first ones
+        model.load_state_dict({k: v for k, v in state.items() if k in wanted})
     return model.eval()
 
 

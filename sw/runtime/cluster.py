@@ -3,8 +3,9 @@
 A :class:`Cluster` is ``n`` devices behind one switch on a backend:
 
 - ``"functional"``: the functional model (``npusim.sw.fm``), fast, with a cycle estimate;
-- ``"rtl"``: the Verilated system RTL (``npusim.cosim``), driven over the link by the cosim
-  host (``npusim.sw.runtime.rtl``).
+- ``"rtl"``: the Verilated system RTL, driven over the link by the cosim host
+  (``npusim.cosim.rtl_backend``, imported by name only for this backend: ``cosim`` depends
+  on ``sw``, never the other way).
 
 Both backends offer the same few primitives -- device memory reads and writes, register reads
 and writes on a device's BAR0, host memory reads, and "run until these interrupts have come"
@@ -16,6 +17,7 @@ with the device's index as vector) go into the device's command ring, and the do
 the faulting command.
 """
 
+import importlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,17 +97,18 @@ class _Allocator:
 class Cluster:
     """``n_devices`` devices on ``backend`` (``"functional"`` or ``"rtl"``); hardware
     parameters from ``params`` (an :class:`~npusim.sw.params.HwParams`) and/or keyword
-    overrides (``Cluster(2, sram_bytes=128 * 1024)``). Use as a context manager, or call
+    overrides (``Cluster(2, sram_bytes=128 * 1024)``); ``backend_options`` go to the
+    backend (the RTL's: ``waves``, ``results_dir``). Use as a context manager, or call
     :meth:`close` (the RTL backend's simulator is a process)."""
 
     def __init__(self, n_devices=1, backend="functional", *, params=None, bus=None,
-                 **hw_params):
+                 backend_options=None, **hw_params):
         if backend not in ("functional", "rtl"):
             raise ValueError(f"backend {backend!r}: 'functional' or 'rtl'")
         if n_devices < 1:
             raise ValueError(f"{n_devices} devices")
-        if backend == "rtl":
-            from . import rtl
+        if backend == "rtl":     # npusim.cosim depends on npusim.sw, not the other way
+            rtl = importlib.import_module("npusim.cosim.rtl_backend")
             params = params or rtl.RTL_PARAMS
             bus = bus or rtl.RTL_BUS
         params = (params or DEFAULT).replace(**hw_params) if hw_params else (params or DEFAULT)
@@ -116,7 +119,8 @@ class Cluster:
         if backend == "functional":
             self.backend = FunctionalBackend(n_devices, self.params, self.bus)
         else:
-            self.backend = rtl.RtlBackend(n_devices, self.params, self.bus)
+            self.backend = rtl.RtlBackend(n_devices, self.params, self.bus,
+                                          **(backend_options or {}))
         self._memory = [_Allocator(params.dram_bytes - RING_BYTES) for _ in range(n_devices)]
         self._tail = [0] * n_devices
         self._seq = [0] * n_devices

@@ -139,16 +139,17 @@ class LLM:
     model's, at most 256); the KV cache has ``kv_blocks`` blocks of ``block_size`` tokens per
     layer and device (block 0 kept back as the pad block). Hardware parameters: ``params``
     (default the backend's). ``seed`` draws the weights of models without a checkpoint;
-    ``record_logits`` keeps each new token's logits in its output."""
+    ``record_logits`` keeps each new token's logits in its output; ``backend_options`` go
+    to the cluster's backend."""
 
     def __init__(self, model="tiny-trained", tp=1, backend="functional", *, max_num_seqs=4,
                  max_num_batched_tokens=256, block_size=16, kv_blocks=64, max_context=None,
                  prompt_buckets=None, enable_prefix_caching=True, watermark=0.01, params=None,
-                 seed=0, tokenizer=None, record_logits=False):
+                 seed=0, tokenizer=None, record_logits=False, backend_options=None):
         config = load_config(model)
         positions = config.get("max_position_embeddings", 256)
         self.max_context = max_context or min(positions, 256)
-        self.cluster = Cluster(tp, backend, params=params)
+        self.cluster = Cluster(tp, backend, params=params, backend_options=backend_options)
         buckets = prompt_buckets or _buckets(self.max_context)
         decode = sorted({min(b, max_num_seqs) for b in (1, 2, 4, 8, 16)})
         compiled = compile_model(config, tp, self.cluster.params, tokens=buckets,
@@ -276,7 +277,11 @@ class LLM:
         while at < len(tokens):
             left = len(tokens) - at
             kind = prefill if at == 0 else extend
-            bucket = min([b for b in kind if b >= left], default=max(kind))
+            fits = [b for b in kind if at + b <= self.max_context]   # padding included
+            if not fits:             # too near the end of the context to pad: from the start
+                at, kind, fits = 0, prefill, list(prefill)
+                left = len(tokens)
+            bucket = min([b for b in fits if b >= left], default=max(fits))
             n = min(left, bucket)
             seq = self._sequence(req, at, n, bucket)
             out, _ = self.model.run(kind[bucket], [seq])

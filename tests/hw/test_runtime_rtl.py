@@ -1,4 +1,4 @@
-"""The runtime's ``rtl`` backend (``sw/runtime/rtl.py``, ``cosim/cluster_server.py``): the
+"""The runtime's ``rtl`` backend (``cosim/rtl_backend.py``, ``cosim/cluster_server.py``): the
 serving engine and the cluster API on the Verilated 2-device system, driven over the link,
 with the functional model's results. One simulator session (building the system's Verilog
 to find its cached Verilator build takes most of a minute)."""
@@ -11,7 +11,7 @@ from npusim.sw.isa import Command
 from npusim.sw.isa.enums import Engine, ErrorCode, Space
 from npusim.sw.runtime.engine import LLM, SamplingParams
 
-pytestmark = pytest.mark.rtl
+pytestmark = [pytest.mark.rtl, pytest.mark.slow]   # make sim SMALL=1 runs the engine on the RTL in the default suite
 
 
 def test_engine_and_cluster_on_the_rtl():

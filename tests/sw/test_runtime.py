@@ -153,3 +153,15 @@ def test_sampling_stop_and_streaming(hf):
     assert [e.token_id for e in pieces] == pieces[-1].output.token_ids
     assert "".join(e.text for e in pieces) == pieces[-1].output.text
     assert pieces[-1].finished and not any(e.finished for e in pieces[:-1])
+
+
+def test_prefix_hit_too_near_the_end_of_the_context(hf):
+    """A prompt whose cached prefix leaves no room for a padded extend bucket before the end
+    of the context is recomputed from the start, with HF's tokens."""
+    first = "We hold these truths to be self-evident, that all men are created"   # 65 bytes
+    second = first[:48] + "the pursuit"                                           # 59 bytes
+    with LLM("tiny-trained", tp=1, max_context=64, prompt_buckets=[32, 64]) as llm:
+        llm.generate(first[:50], SamplingParams(max_tokens=1))
+        out = llm.generate(second, SamplingParams(max_tokens=4))[0]
+    assert out.cached_tokens == 48
+    assert out.token_ids == hf_greedy(hf, second, 4)

@@ -1,5 +1,7 @@
-"""The ``rtl`` backend of :class:`~.cluster.Cluster`: the Verilated system RTL, driven by the
-cosim host over the link.
+"""The ``rtl`` backend of :class:`~npusim.sw.runtime.cluster.Cluster`: the Verilated system
+RTL, driven by the cosim host over the link. (It lives in ``cosim``, which depends on ``sw``;
+the cluster imports it by name when asked for ``backend="rtl"``, so ``sw`` never imports the
+RTL.)
 
 :class:`RtlBackend` builds the system (``cosim/system_top.py``: root complex, switch and
 ``n`` devices; Verilator builds are cached by a hash of the generated Verilog), starts the
@@ -17,8 +19,8 @@ import threading
 from multiprocessing.connection import Listener
 from pathlib import Path
 
-from npusim.cosim.system_top import SYSTEM_BUS as RTL_BUS
-from npusim.cosim.system_top import SYSTEM_PARAMS as RTL_PARAMS
+from .system_top import SYSTEM_BUS as RTL_BUS
+from .system_top import SYSTEM_PARAMS as RTL_PARAMS
 
 __all__ = ["RtlBackend", "RTL_PARAMS", "RTL_BUS", "RtlBackendError"]
 
@@ -32,16 +34,13 @@ class RtlBackend:
     FST of the whole run (default ``$WAVES``); ``results_dir`` is where it and the
     simulator's log go."""
 
-    SERVER = Path(__file__).resolve().parents[2] / "cosim" / "cluster_server.py"
+    SERVER = Path(__file__).with_name("cluster_server.py")
 
     def __init__(self, n, params, bus, *, waves=None, results_dir=None, timeout=7200,
                  connect_timeout=1800):
-        from npusim.cosim.system_top import SystemTop
-        from npusim.cosim.verilator_flow import build
+        from .system_top import SystemTop
+        from .verilator_flow import build
         server = self.SERVER
-        if not server.is_file():      # an installed package: the module sits in npusim.cosim
-            import npusim.cosim
-            server = Path(npusim.cosim.__file__).with_name("cluster_server.py")
         name = f"system_{n}x{params.array_rows}x{params.array_cols}"
         self.design = build(SystemTop(n, params, bus), name, waves=waves, timeout=2400)
         key = secrets.token_bytes(16)
@@ -51,7 +50,7 @@ class RtlBackend:
                "NPUSIM_SERVER_PARAMS": json.dumps(params.as_dict()),
                "NPUSIM_SERVER_BUS": json.dumps(vars(bus)),
                "NPUSIM_SERVER_DEVICES": str(n), "NPUSIM_SERVER_KEY": key.hex()}
-        self.results_dir = Path(results_dir) if results_dir else None
+        self.results_dir = Path(results_dir).resolve() if results_dir else None
         self._error = None
         self._thread = threading.Thread(target=self._simulate, daemon=True,
                                         args=(server, env, timeout), name="npusim-rtl")
@@ -64,7 +63,7 @@ class RtlBackend:
     @property
     def waves(self):
         """The FST file of the run (after :meth:`close`), when recorded."""
-        from npusim.cosim.verilator_flow import build_root
+        from .verilator_flow import build_root
         if not self.design.trace:
             return None
         root = self.results_dir or build_root() / "results" / \
@@ -72,7 +71,7 @@ class RtlBackend:
         return root / "dump.fst"
 
     def _simulate(self, server, env, timeout):
-        from npusim.cosim.verilator_flow import run
+        from .verilator_flow import run
         try:
             run(self.design, server, testcase="serve", env=env, timeout=timeout,
                 results_dir=self.results_dir)
