@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from npusim.sw.compiler.codegen import MAX_BATCH
 from npusim.sw.compiler.driver import compile_model
 from npusim.sw.compiler.execute import PAD_BLOCK, Sequence
 from npusim.sw.compiler.models import load_config
@@ -149,14 +150,21 @@ class LLM:
         config = load_config(model)
         positions = config.get("max_position_embeddings", 256)
         self.max_context = max_context or min(positions, 256)
+        if not 1 <= max_num_seqs <= MAX_BATCH:
+            raise ValueError(f"max_num_seqs = {max_num_seqs}: 1 to {MAX_BATCH} (the largest "
+                             f"decode batch a program takes)")
         self.cluster = Cluster(tp, backend, params=params, backend_options=backend_options)
-        buckets = prompt_buckets or _buckets(self.max_context)
-        decode = sorted({min(b, max_num_seqs) for b in (1, 2, 4, 8, 16)})
-        compiled = compile_model(config, tp, self.cluster.params, tokens=buckets,
-                                 batch=decode, extend=buckets, block_size=block_size,
-                                 kv_blocks=kv_blocks, max_context=self.max_context, seed=seed,
-                                 estimate=False)
-        self.model = Model(self.cluster, compiled)
+        try:
+            buckets = prompt_buckets or _buckets(self.max_context)
+            decode = sorted({min(b, max_num_seqs) for b in (1, 2, 4, 8, 16)})
+            compiled = compile_model(config, tp, self.cluster.params, tokens=buckets,
+                                     batch=decode, extend=buckets, block_size=block_size,
+                                     kv_blocks=kv_blocks, max_context=self.max_context,
+                                     seed=seed, estimate=False)
+            self.model = Model(self.cluster, compiled)
+        except BaseException:
+            self.cluster.close()       # (the RTL backend's simulator is a process)
+            raise
         self.spec = compiled.graph.spec
         self.block_size = block_size
         self.kv = {group: BlockManager(kv_blocks, block_size, window=window,

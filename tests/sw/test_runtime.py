@@ -165,3 +165,10 @@ def test_prefix_hit_too_near_the_end_of_the_context(hf):
         out = llm.generate(second, SamplingParams(max_tokens=4))[0]
     assert out.cached_tokens == 48
     assert out.token_ids == hf_greedy(hf, second, 4)
+
+
+def test_bad_engine_configurations_are_refused():
+    with pytest.raises(ValueError, match="query heads 4 do not split evenly over TP = 8"):
+        LLM("tiny-llama", tp=8)
+    with pytest.raises(ValueError, match="max_num_seqs = 20: 1 to 16"):
+        LLM("tiny-trained", max_num_seqs=20)
