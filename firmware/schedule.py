@@ -16,18 +16,23 @@ not hold while the other shares its engines).
 
 A kernel that reads what an earlier one wrote on another engine waits for it with a
 :func:`handoff`: the producing engine signals once its earlier commands have finished, and
-every engine of the consumer waits for that signal before its first command.
+every engine of the consumer waits for that signal before its first command. Two kernels
+that share buffers (two collectives in a row: the same staging slots, work area and receive
+slots) are separated by a :func:`barrier`: no engine starts the second before every engine
+has finished the first.
 """
 
 from npusim.sw.isa import Command
 from npusim.sw.isa.enums import Engine
 
-__all__ = ["interleave", "handoff", "HANDOFF"]
+__all__ = ["interleave", "handoff", "barrier", "HANDOFF", "BARRIER"]
 
 #: The semaphores of :func:`handoff`, one per consuming engine (``HANDOFF + engine``), clear
 #: of the GEMM's 0..7, the row pipeline's 8..13 and the collectives' 32..39. One per engine,
 #: so that an engine already waiting for the next handoff cannot take this one's signal.
 HANDOFF = 16
+#: The semaphores of :func:`barrier`, one per waiting engine (``BARRIER + engine``).
+BARRIER = 20
 
 
 def interleave(a, b):
@@ -54,3 +59,17 @@ def handoff(producer, consumers=tuple(Engine)):
     waits = [Command("SEM_WAIT", engine=e, sem=HANDOFF + e, value=1, consume=True)
              for e in consumers]
     return signal, waits
+
+
+def barrier(engines=tuple(Engine)):
+    """``(signals, waits)`` between two kernels that reuse each other's buffers or
+    semaphores (two collectives back to back): put ``signals`` after the first kernel's
+    commands and ``waits`` before the second's. Every engine of the second waits until every
+    engine of the first has finished its commands (each engine's wait counts one signal from
+    each): without it, the second kernel's first loads could overwrite a staging slot the
+    first kernel's adds have not read yet."""
+    signals = [Command("SEM_SIGNAL", engine=p, sem=BARRIER + c, amount=1)
+               for p in engines for c in engines]
+    waits = [Command("SEM_WAIT", engine=c, sem=BARRIER + c, value=len(engines), consume=True)
+             for c in engines]
+    return signals, waits

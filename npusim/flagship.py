@@ -69,8 +69,11 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
         tokens = min(tokens, 2)
     params = RTL_PARAMS.replace(array_rows=array, array_cols=array)
     config = dict(PRESETS["tiny-trained"], num_hidden_layers=layers)
-    kw = dict(tp=tp, max_context=64, kv_blocks=16, prompt_buckets=[16, 32], max_num_seqs=1,
-              record_logits=True, params=params)
+    # a short prompt still runs in a 32-token bucket: the prefill then overlaps its
+    # all-reduces with the GEMMs (firmware/schedule.py), which the RTL holds to the model's
+    # bits
+    kw = dict(tp=tp, max_context=64, kv_blocks=16, prompt_buckets=[32] if small else [16, 32],
+              max_num_seqs=1, record_logits=True, params=params)
     sampling = SamplingParams(max_tokens=tokens + 1)      # the prefill's token, then decodes
     print(f"npusim sim: tiny-trained ({layers}-layer byte-level Llama) at TP = {tp} on the "
           f"system RTL ({tp} devices, {array}x{array} matrix units, switch, root complex); "
@@ -99,14 +102,18 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
     torch_tokens, torch_logits = _pytorch(config, got.prompt_token_ids, tokens + 1)
 
     rtl_logits, fm_logits = np.array(got.logits), np.array(want.logits)
+    differ = [i for i, (a, b) in enumerate(zip(rtl_logits, fm_logits))
+              if not np.array_equal(a.view(np.uint32), b.view(np.uint32))]
+    worst = max((float(np.abs(rtl_logits[i] - fm_logits[i]).max()) for i in differ),
+                default=0.0)
     errors = [float(np.abs(a - b).max() / np.abs(b).max())
               for a, b in zip(rtl_logits, torch_logits)]
     checks = [
         ("tokens: RTL = PyTorch", got.token_ids == torch_tokens),
         ("tokens: RTL = functional model", got.token_ids == want.token_ids),
-        ("logits: RTL = functional model, bit for bit",
-         rtl_logits.shape == fm_logits.shape and np.array_equal(rtl_logits.view(np.uint32),
-                                                                fm_logits.view(np.uint32))),
+        ("logits: RTL = functional model, bit for bit" +
+         (f" (steps {differ} differ, by up to {worst:.3g})" if differ else ""),
+         rtl_logits.shape == fm_logits.shape and not differ),
         (f"logits: RTL within {BOUND:.0%} of PyTorch's largest (worst "
          f"{max(errors):.2%})", max(errors) <= BOUND),
     ]

@@ -34,7 +34,7 @@ from npusim.firmware.attention import attention, attention_work
 from npusim.firmware.dma import copy
 from npusim.firmware.gemm import gemm_commands, plan_gemm
 from npusim.firmware.pipeline import pipelined
-from npusim.firmware.schedule import handoff, interleave
+from npusim.firmware.schedule import barrier, handoff, interleave
 from npusim.firmware.rowops import Tile, add, convert, rmsnorm, rope, swiglu, vec
 from npusim.sw import numerics as nx
 from npusim.sw.isa import Command
@@ -421,7 +421,8 @@ class _Device:
         With TP > 1 and enough rows, in ``_OVERLAP_CHUNKS`` chunks of rows: chunk ``c``'s
         all-reduce runs interleaved with chunk ``c + 1``'s GEMM (``firmware/schedule.py``),
         so the link overlaps the matrix unit; a handoff makes the all-reduce wait for its
-        rows' stores. The all-reduce's scratchpad follows the GEMM's."""
+        rows' stores, a barrier for the previous chunk's all-reduce to finish on every
+        engine. The all-reduce's scratchpad follows the GEMM's."""
         rows = -(-m // _OVERLAP_CHUNKS)
         chunks = [(r0, min(rows, m - r0)) for r0 in range(0, m, rows)]
         plans = {r: plan_gemm(self.params, r, n, k, tm=_tile(r), tn=_tile(n), tk=_tile(k))
@@ -432,7 +433,7 @@ class _Device:
             self._gemm(a, w, "y", m, n, k)         # one GEMM, then the all-reduce
             self._allreduce("y", m * n)
             return
-        pending = []
+        pending, after = [], []
         for r0, rows in chunks:
             signal, waits = handoff(Engine.DMA_OUT)
             mine = gemm_commands(plans[rows], self.A(a) + 2 * r0 * k, self.A(w),
@@ -443,8 +444,11 @@ class _Device:
                                       recv=self.A("recv"), stage=stage,
                                       work=stage + 2 * _SLOT, slot_bytes=_SLOT, recv_slots=4)
             self.regs.update(col.ring_registers(plan, self.device, self.bus))
-            pending = waits + col.ring_allreduce(plan, self.device)
-        self.cmds += pending + _fence()
+            # after the previous chunk's all-reduce (the same staging, work and receive slots)
+            done, ready = barrier()
+            pending = waits + after + col.ring_allreduce(plan, self.device) + done
+            after = ready
+        self.cmds += pending + after + _fence()
 
     def _add_bias(self, tile, sram, region, offset=0):
         """tile += the fp32 vector ``region`` (from element ``offset``) down the rows."""
