@@ -39,20 +39,6 @@ def _pytorch(config, prompt_ids, n):
     return out.sequences[0, ids.shape[1]:].tolist(), torch.stack(out.logits)[:, 0].numpy()
 
 
-def _link_union(events):
-    """Cycles in which the LINK queue held a command (the all-reduces' sends and waits)."""
-    spans = sorted((e.start, e.end) for e in events if e.engine.name == "LINK")
-    total, end = 0, None
-    for a, b in spans:
-        if end is None or a > end:
-            total += b - a
-            end = b
-        elif b > end:
-            total += b - end
-            end = b
-    return total
-
-
 def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
                  out="build/sim", prompt=None):
     """Run the flagship; returns the exit status (0 when every check passes). ``layers``
@@ -60,7 +46,8 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
     edge; ``small`` a short prompt and at most 2 decode steps."""
     from .sw.compiler.models import PRESETS
     from .sw.runtime.engine import LLM, SamplingParams
-    from .sw.runtime.profile import format_summary, perfetto_trace, summary, timeline_png
+    from .sw.runtime.profile import (format_summary, perfetto_trace, summary, timeline_png,
+                                     union)
     from .cosim.rtl_backend import RTL_PARAMS
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +109,8 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
     hz = params.clock_hz
     macs = {x["device"]: x["macs"] for x in s["devices"]}
     total_rtl = sum(rtl_cycles.values())
-    link = [_link_union(ev) for ev in events]
+    # cycles the LINK queue held a command: the all-reduces' sends and their waits
+    link = [union([(e.start, e.end) for e in ev if e.engine.name == "LINK"]) for ev in events]
     lines = ["", "checks:"]
     lines += [f"  {'PASS' if ok else 'FAIL'}  {name}" for name, ok in checks]
     lines += ["", f"{'phase':<11} {'launches':>8} {'device':>6} {'RTL cycles':>11} "

@@ -9,8 +9,6 @@ phase for a list of :class:`~npusim.sw.compiler.execute.Sequence` s by writing t
 (``execute.host_inputs``), launching every device's stream and reading the logits back.
 """
 
-import numpy as np
-
 from npusim.firmware.dma import copy
 from npusim.sw.compiler.execute import (PAD_BLOCK, Sequence, host_inputs, split_logits,
                                         stream_bytes)
@@ -116,12 +114,3 @@ class Model:
         finally:
             for buf in streams.values():
                 self.cluster.free(buf)
-
-    def kv_rows(self, group, block):
-        """The K rows of ``block`` in the first layer of ``group`` on device 0 (bf16 as
-        uint16, ``block_size x kv_row``), for tests."""
-        layer = self.layout.groups[group][0]
-        addr, size = self.layout.regions[f"{layer}.k_pool"]
-        per = size // self.kv_blocks
-        raw = self.cluster.read(0, addr + block * per, per)
-        return np.frombuffer(raw, np.uint16).reshape(self.block_size, -1)

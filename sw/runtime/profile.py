@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from npusim.sw.isa.enums import Engine
 from npusim.sw.params import DEFAULT
 
-__all__ = ["perfetto_trace", "summary", "format_summary", "timeline_png", "profile",
+__all__ = ["perfetto_trace", "summary", "format_summary", "timeline_png", "profile", "union",
            "COUNTER_BUCKETS"]
 
 #: Buckets of time the trace's "bytes moved" counters cut the run into.
@@ -241,7 +241,7 @@ def _counters(evs, pid, first, last, bucket, us):
 
 # -- summary ----------------------------------------------------------------------------------
 
-def _union(spans):
+def union(spans):
     """Cycles covered by the union of ``[(start, end)]``."""
     total, cur_s, cur_e = 0, None, None
     for s, e in sorted(spans):
@@ -345,7 +345,7 @@ def summary(events_by_device, params=DEFAULT, phases=()):
         "macs_per_cycle": params.macs_per_cycle,
         "devices": out_devices,
         "phases": list(by_name.values()),
-        "unphased_cycles": total - _union([(s, e) for _, s, e in phases]) if phases else None,
+        "unphased_cycles": total - union([(s, e) for _, s, e in phases]) if phases else None,
         "commands": [commands[k] for k in sorted(commands)],
     }
 
