@@ -15,7 +15,15 @@ serves requests until the client says ``close`` or goes away:
 ``run_until irqs t``   simulate until device ``d`` has raised ``irqs[d]`` MSIs (vector
                        ``d``), a device stopped, or ``t`` cycles passed
 ``now``                cycles since reset
+``trace on``           start (``True``) or stop recording the engines' commands
+``events d``           the commands device ``d``'s engines ran since tracing started
+                       (``(engine, start, end, held)``, ``held`` the head's raw
+                       ``QueueEntry``), taken: the next call returns only newer ones
 ====================  =============================================================
+
+Tracing watches the system's ``busy`` bits (a head holds a command) and wakes only when one
+changes: a command's span runs from the cycle its head took it to the cycle the head let it
+go, and its identity is the head's ``running`` command, read when the span starts.
 
 The simulation only advances inside requests; between them the simulator waits on the
 connection (at most ``NPUSIM_SERVER_IDLE`` seconds, then it ends).
@@ -28,6 +36,8 @@ from multiprocessing.connection import Client
 
 import cocotb
 from cocotb.utils import get_sim_time
+
+from npusim.sw.isa.enums import Engine
 
 from npusim.cosim.system import SystemHost
 from npusim.sw.fm.system import BusMap
@@ -52,6 +62,8 @@ async def serve(dut):
     def now():
         return int((get_sim_time(unit="ns") - zero) // CLOCK_NS)
 
+    tracer = EngineTracer(dut, n, now)
+
     handlers = {
         "write": lambda d, addr, data: host.dram[d].load(addr, data),
         "read": lambda d, addr, n: host.dram[d].dump(addr, n),
@@ -74,8 +86,56 @@ async def serve(dut):
             conn.send(("ok", None))
             break
         try:
-            result = now() if op == "now" else await handlers[op](*args)
+            if op == "now":
+                result = now()
+            elif op == "trace":
+                result = tracer.switch(*args)
+            elif op == "events":
+                result = tracer.take(*args)
+            else:
+                result = await handlers[op](*args)
             conn.send(("ok", result))
         except Exception as e:      # the client raises it; the server goes on
             conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
     conn.close()
+
+
+class EngineTracer:
+    """Records every command the engine heads of ``n`` devices hold, as spans of cycles."""
+
+    def __init__(self, dut, n, now):
+        self.dut, self.n, self.now = dut, n, now
+        self.heads = len(Engine) * n
+        self.task = None
+        self.events = [[] for _ in range(n)]
+
+    def switch(self, on):
+        if on and self.task is None:
+            self.task = cocotb.start_soon(self._watch())
+        elif not on and self.task is not None:
+            self.task.cancel()
+            self.task = None
+            self.events = [[] for _ in range(self.n)]
+
+    def take(self, d):
+        got, self.events[d] = self.events[d], []
+        return got
+
+    async def _watch(self):
+        busy = self.dut.busy
+        was = 0
+        held = {}                       # head -> (start cycle, its raw QueueEntry)
+        while True:
+            now_busy = busy.value.to_unsigned()
+            t = self.now()
+            changed = was ^ now_busy
+            while changed:
+                k = (changed & -changed).bit_length() - 1
+                changed &= changed - 1
+                if now_busy >> k & 1:
+                    held[k] = (t, getattr(self.dut, f"running__{k}").value.to_unsigned())
+                elif k in held:
+                    start, raw = held.pop(k)
+                    self.events[k // len(Engine)].append((k % len(Engine), start, t, raw))
+            was = now_busy
+            await busy.value_change

@@ -87,8 +87,8 @@ def measure(cases, params=DEVICE_PARAMS, bus=DEVICE_BUS, *, build_name="device_4
     """Run ``cases`` on the model and on the RTL. Returns ``(rows, run)``: per case ``{"name",
     "fm", "rtl", "info", "total_cycles", "wall_s"}`` (``fm``/``rtl``: cycles between the two
     records), and ``{"build_seconds", "cached", "simulation_seconds"}``."""
-    from .device_top import DeviceTestTop
-    from .verilator_flow import build, run
+    from .device_top import build_device
+    from .verilator_flow import run
     specs, fm = [], []
     for case in cases:
         launch, records, checks = fm_run(case, params, bus)
@@ -98,7 +98,7 @@ def measure(cases, params=DEVICE_PARAMS, bus=DEVICE_BUS, *, build_name="device_4
                       "writes": [list(w) for w in launch.writes],
                       "records": [RECORD_ADDR, RECORD_ADDR + 16],
                       "checks": [[a, d.hex()] for a, d in checks.items()]})
-    design = build(DeviceTestTop(params, bus), build_name, timeout=timeout)
+    design = build_device(params, bus, build_name, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="npusim-timing-") as tmp:
         spec, result = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({"params": params.as_dict(), "host_bytes": bus.host_bytes,

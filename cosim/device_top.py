@@ -21,7 +21,8 @@ from ..hw.dram import DramBackdoorSignature, DramModel
 from ..sw.fm.system import BusMap
 from ..sw.params import HwParams
 
-__all__ = ["MsiCatcher", "DeviceTestTop", "MSI_PAGE", "DEVICE_PARAMS", "DEVICE_BUS"]
+__all__ = ["MsiCatcher", "DeviceTestTop", "MSI_PAGE", "DEVICE_PARAMS", "DEVICE_BUS",
+           "build_device"]
 
 #: Bytes of the MSI doorbell page at ``BusMap.msi_base``.
 MSI_PAGE = 4096
@@ -153,3 +154,12 @@ class DeviceTestTop(wiring.Component):
         m.d.comb += [self.irq_count.eq(msi.irq_count), self.irq_vector.eq(msi.irq_vector),
                      self.stopped.eq(device.stopped)]
         return m
+
+
+def build_device(params=DEVICE_PARAMS, bus=DEVICE_BUS, name="device_4x4", **kwargs):
+    """The Verilator build of ``DeviceTestTop(params, bus)`` (``verilator_flow.build``'s
+    ``kwargs``); while the sources are unchanged a cached build is found without converting
+    the design."""
+    from .verilator_flow import build
+    return build(lambda: DeviceTestTop(params, bus), name,
+                 identity=f"DeviceTestTop({params!r}, {bus!r})", **kwargs)

@@ -16,9 +16,19 @@ speed would take longer than the run itself for the weights.
 import json
 import secrets
 import threading
+from functools import cache
 from multiprocessing.connection import Listener
 from pathlib import Path
 
+from amaranth.hdl import Shape
+
+from ..hw.device.cp import QueueEntry
+from ..hw.device.decode import ResolvedCommand
+from ..hw.isa import resolved_layout
+from ..sw.fm import compute, dma
+from ..sw.fm.device import TraceEvent
+from ..sw.isa.enums import CommandClass, Engine
+from ..sw.isa.table import BY_OPCODE
 from .system_top import SYSTEM_BUS as RTL_BUS
 from .system_top import SYSTEM_PARAMS as RTL_PARAMS
 
@@ -38,11 +48,9 @@ class RtlBackend:
 
     def __init__(self, n, params, bus, *, waves=None, results_dir=None, timeout=7200,
                  connect_timeout=1800):
-        from .system_top import SystemTop
-        from .verilator_flow import build
+        from .system_top import build_system
         server = self.SERVER
-        name = f"system_{n}x{params.array_rows}x{params.array_cols}"
-        self.design = build(SystemTop(n, params, bus), name, waves=waves, timeout=2400)
+        self.design = build_system(n, params, bus, waves=waves, timeout=2400)
         key = secrets.token_bytes(16)
         self._listener = Listener(("127.0.0.1", 0), authkey=key)
         host, port = self._listener.address
@@ -51,7 +59,9 @@ class RtlBackend:
                "NPUSIM_SERVER_BUS": json.dumps(vars(bus)),
                "NPUSIM_SERVER_DEVICES": str(n), "NPUSIM_SERVER_KEY": key.hex()}
         self.results_dir = Path(results_dir).resolve() if results_dir else None
+        self.n = n
         self._error = None
+        self._events = None
         self._thread = threading.Thread(target=self._simulate, daemon=True,
                                         args=(server, env, timeout), name="npusim-rtl")
         self._thread.start()
@@ -141,10 +151,15 @@ class RtlBackend:
         return "reported by the RTL (error code and offset only)"
 
     def trace(self, on):
-        pass        # the RTL's activity is in the waves (WAVES=1)
+        """Record the engines' commands from the heads' ``busy`` and ``running`` ports."""
+        self._call("trace", bool(on))
+        self._events = [[] for _ in range(self.n)] if on else None
 
     def events(self, d):
-        return []
+        if self._events is None:
+            return []
+        self._events[d] += [_trace_event(*ev) for ev in self._call("events", d)]
+        return list(self._events[d])
 
     def close(self):
         if self._conn is not None:
@@ -159,3 +174,29 @@ class RtlBackend:
         if self._error is not None:
             raise RtlBackendError(f"the simulation failed: {self._error}") from self._error
 
+
+
+def _bits(raw, field):
+    """The bits of ``field`` (an Amaranth layout field) in ``raw``, signed where it is."""
+    value = raw >> field.offset & ((1 << field.width) - 1)
+    if Shape.cast(field.shape).signed and value >> (field.width - 1):
+        value -= 1 << field.width
+    return value
+
+
+@cache
+def _args_layout(name):
+    return tuple(resolved_layout(name))
+
+
+def _trace_event(engine, start, end, held):
+    """A :class:`~npusim.sw.fm.device.TraceEvent` from the server's record of a command a
+    head held (its raw ``QueueEntry``): name, DRAM address, and the bytes and MACs the
+    functional model counts for the same resolved operands."""
+    cmd = _bits(held, QueueEntry["cmd"])
+    spec = BY_OPCODE[_bits(cmd, ResolvedCommand["opcode"])]
+    args = cmd >> ResolvedCommand["args"].offset
+    c = {name: _bits(args, field) for name, field in _args_layout(spec.name)}
+    moved = dma.moved(spec.name, c) if spec.cls == CommandClass.DMA else 0
+    return TraceEvent(Engine(engine), spec.name, start, end, _bits(held, QueueEntry["addr"]),
+                      moved, compute.macs(spec.name, c))

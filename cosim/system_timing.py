@@ -104,8 +104,8 @@ def measure(cases, n, params=SYSTEM_PARAMS, bus=SYSTEM_BUS, *, timeout=2400,
     host requested its GO write}``), ``"wall_s"`` and ``"cycles"`` (the RTL's wall time and
     cycles from the host's release to the last interrupt); ``run`` is
     ``{"build_seconds", "cached", "simulation_seconds", "directory"}`` (the build's)."""
-    from .system_top import SystemTop
-    from .verilator_flow import build, run
+    from .system_top import build_system
+    from .verilator_flow import run
     system = System(n, params, bus=bus)
     specs, fm = [], []
     for case in cases:
@@ -116,8 +116,7 @@ def measure(cases, n, params=SYSTEM_PARAMS, bus=SYSTEM_BUS, *, timeout=2400,
                                        "writes": [list(w) for w in l.writes]}
                                    for d, l in launches.items()},
                       "checks": [[d, a, x.hex()] for (d, a), x in checks.items()]})
-    design = build(SystemTop(n, params, bus), f"system_{n}x{params.array_rows}x"
-                   f"{params.array_cols}", timeout=timeout)
+    design = build_system(n, params, bus, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="npusim-system-timing-") as tmp:
         spec, result = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({

@@ -19,6 +19,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
+from ..hw.device.cp import QueueEntry
 from ..hw.device.top import Device
 from ..hw.dram import DramBackdoorSignature, DramModel
 from ..hw.link.endpoint import Endpoint
@@ -26,10 +27,11 @@ from ..hw.link.port import LINK_STATS, Link, LinkPort
 from ..hw.link.switch import Switch
 from ..hw.link.tlp import tlp_beat
 from ..hw.link.tlp_stream import TlpMerge
+from ..sw.isa.enums import Engine
 from .device_top import DEVICE_BUS, DEVICE_PARAMS
 from .root_complex import HOST_REQUEST, HOST_RESPONSE, RootComplex
 
-__all__ = ["SystemTop", "SYSTEM_PARAMS", "SYSTEM_BUS"]
+__all__ = ["SystemTop", "SYSTEM_PARAMS", "SYSTEM_BUS", "build_system"]
 
 #: The system the tests and benchmarks simulate: the single-device tests' device (4x4 array,
 #: 64 KiB scratchpad, 4 MiB DRAM) and bus map (16 MiB of host memory).
@@ -51,6 +53,9 @@ class SystemTop(wiring.Component):
         Interrupt messages the root complex received, in all and per vector.
     stopped : ``Out(n)``
         Device ``d`` is FAULT or HALTED.
+    busy : ``Out(4 * n)``, running : ``Out(QueueEntry).array(4 * n)``
+        Bit ``4d + e``: engine ``e`` of device ``d`` holds a command, and that command (its
+        resolved form and DRAM address): the engine trace's source (``cluster_server.py``).
     links_up : ``In(n + 1)``
         Bit ``k`` keeps link ``k`` up (0 takes it down).
     flip_rate : ``In(16).array(n + 1)``
@@ -79,6 +84,8 @@ class SystemTop(wiring.Component):
             "irq_count": Out(32),
             "irq_per_vector": Out(data.ArrayLayout(32, n)),
             "stopped": Out(n),
+            "busy": Out(len(Engine) * n),
+            "running": Out(QueueEntry).array(len(Engine) * n),
             "links_up": In(n + 1, init=(1 << (n + 1)) - 1),
             "flip_rate": In(16).array(n + 1),
             "flips": Out(32).array(n + 1),
@@ -152,6 +159,20 @@ class SystemTop(wiring.Component):
             connect(m, sw_port.tlp_rx, switch.down_rx[d])
             connect(m, switch.down_tx[d], sw_port.tlp_tx)
             m.d.comb += [ep.dl_up.eq(ep_port.dl_up), stopped[d].eq(device.stopped)]
+            for e in Engine:
+                k = len(Engine) * d + e
+                m.d.comb += [self.busy[k].eq(device.busy[e]),
+                             self.running[k].eq(device.running[e])]
             link(d, ep_port, sw_port)
         m.d.comb += self.stopped.eq(stopped)
         return m
+
+
+def build_system(n, params=SYSTEM_PARAMS, bus=SYSTEM_BUS, **kwargs):
+    """The Verilator build of ``SystemTop(n, params, bus)`` (``verilator_flow.build``'s
+    ``kwargs``), named ``system_<n>x<rows>x<cols>``; while the sources are unchanged a cached
+    build is found without converting the design (a minute for two devices)."""
+    from .verilator_flow import build
+    return build(lambda: SystemTop(n, params, bus),
+                 f"system_{n}x{params.array_rows}x{params.array_cols}",
+                 identity=f"SystemTop({n!r}, {params!r}, {bus!r})", **kwargs)

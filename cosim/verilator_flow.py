@@ -10,7 +10,8 @@ Every RTL test goes through this module::
 :func:`build` converts the component to RTLIL, hashes it together with everything else that
 goes into the simulator binary (build arguments, waiver files, tool versions, waves on or off),
 and converts to Verilog and builds only when ``<build root>/<name>-<hash>/`` holds no finished
-build. Hand-written Verilog models instantiated from Amaranth (``Instance``) come along by
+build. A caller that names what its component is made of (``identity=``) skips even the
+conversion while the design's sources are unchanged. Hand-written Verilog models instantiated from Amaranth (``Instance``) come along by
 themselves when the instance names its file in the :data:`VERILOG_SOURCE_ATTR` attribute: the
 file is compiled with the design and its contents are part of the hash. The build root is
 ``build/rtl/`` in the repository, or ``$NPUSIM_BUILD_DIR``. A file lock makes concurrent
@@ -44,7 +45,7 @@ import sysconfig
 import textwrap
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -396,21 +397,14 @@ def _without_src(rtlil_text: str) -> str:
     return _SOURCE_ATTRIBUTE.sub("", _SRC_ATTRIBUTE.sub("", rtlil_text))
 
 
-def _plan(component: wiring.Component, name: str, *, waves: bool | None, timing: bool,
-          opt_fast: str | None, build_args: Sequence[str]) -> _Plan:
-    if not _NAME_RE.fullmatch(name):
-        raise ValueError(f"build name {name!r} is not a Verilog identifier")
+def _recipe(name: str, *, waves: bool | None, timing: bool, opt_fast: str | None,
+            build_args: Sequence[str]) -> dict:
+    """Everything but the design that goes into a build: name, flags, tool versions."""
     trace = _waves_requested(waves)
-    # The key hashes Amaranth's RTLIL, not the Verilog: Yosys' RTLIL -> Verilog step (a third
-    # of the conversion time) then runs only on a miss. The Verilog is a function of the RTLIL
-    # and of the Yosys version, which is in the key.
-    rtlil_text = rtlil.convert(component, name=name)
-    ports_vlt = _ports_vlt(_top_ports(rtlil_text, name), name)
-    sources = verilog_sources(rtlil_text)
     args = ["--timing" if timing else "--no-timing", *build_args]
     if trace:
         args.append("--trace-fst")
-    recipe = {
+    return {
         "flow_version": _FLOW_VERSION,
         "name": name,
         "trace": trace,
@@ -421,6 +415,82 @@ def _plan(component: wiring.Component, name: str, *, waves: bool | None, timing:
         "tools": _tool_versions(),
         "cocotb_libs": str(cocotb_tools.config.libs_dir),
     }
+
+
+# -- Finding a build by its sources -----------------------------------------------------------
+#
+# Converting a large design to RTLIL takes a minute (the 2-device system), longer than
+# everything else a cached run does. A caller that can say what its component is made of --
+# its class and every constructor argument, the ``identity`` -- lets the flow find the build
+# without converting: ``<build root>/by-source/<name>-<hash of identity and recipe>.json``
+# names the build and lists the source files the design was made from (every loaded npusim
+# module but the compiler's, the runtime's and the command line's, which no design imports;
+# the hand-written Verilog; the waivers) with their hashes. It is used only while every one
+# of them is unchanged; otherwise the design is converted, and the RTLIL key decides.
+
+#: Loaded modules that never go into a design (hw and cosim do not import them), so editing
+#: them does not make the next run convert the design again.
+_NOT_DESIGN = ("npusim.sw.compiler", "npusim.sw.runtime", "npusim.cli", "npusim.flagship",
+               "npusim.benchmarks")
+
+
+def _file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _design_files(plan: _Plan) -> dict[str, str]:
+    """The source files a design converted in this process can depend on, with hashes."""
+    paths = {WAIVERS, *plan.sources}
+    for module_name, module in list(sys.modules.items()):
+        if (module_name == "npusim" or module_name.startswith("npusim.")) and \
+                not module_name.startswith(_NOT_DESIGN) and getattr(module, "__file__", None):
+            paths.add(Path(module.__file__))
+    return {str(path): _file_digest(path) for path in sorted(paths)}
+
+
+def _source_index(name: str, identity: str, recipe: dict) -> Path:
+    digest = hashlib.sha256(json.dumps({"identity": identity, "recipe": recipe},
+                                       sort_keys=True).encode()).hexdigest()[:16]
+    return build_root() / "by-source" / f"{name}-{digest}.json"
+
+
+def _find_by_source(index: Path) -> dict | None:
+    """The index entry when its build is finished and none of its files changed."""
+    try:
+        entry = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return None
+    if not (build_root() / entry["directory"] / "build.json").is_file():
+        return None
+    if any(_file_digest(Path(path)) != digest for path, digest in entry["files"].items()):
+        return None
+    return entry
+
+
+def _record_source(index: Path, result: Build, plan: _Plan) -> None:
+    index.parent.mkdir(parents=True, exist_ok=True)
+    temporary = index.with_suffix(f".tmp{os.getpid()}")
+    temporary.write_text(json.dumps({"directory": result.directory.name, "key": result.key,
+                                     "trace": result.trace, "files": _design_files(plan)},
+                                    indent=1) + "\n")
+    os.replace(temporary, index)
+
+
+def _plan(component: wiring.Component, name: str, *, waves: bool | None, timing: bool,
+          opt_fast: str | None, build_args: Sequence[str]) -> _Plan:
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(f"build name {name!r} is not a Verilog identifier")
+    # The key hashes Amaranth's RTLIL, not the Verilog: Yosys' RTLIL -> Verilog step (a third
+    # of the conversion time) then runs only on a miss. The Verilog is a function of the RTLIL
+    # and of the Yosys version, which is in the key.
+    rtlil_text = rtlil.convert(component, name=name)
+    ports_vlt = _ports_vlt(_top_ports(rtlil_text, name), name)
+    sources = verilog_sources(rtlil_text)
+    recipe = _recipe(name, waves=waves, timing=timing, opt_fast=opt_fast,
+                     build_args=build_args)
     if sources:  # only then, so designs without any keep their keys
         recipe["verilog_sources"] = [source.name for source in sources]
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
@@ -467,15 +537,18 @@ def _ensure_build_root(root: Path) -> None:
         ignore.write_text("# Generated by npusim.cosim.verilator_flow: build products only.\n*\n")
 
 
-def build(component: wiring.Component, name: str, *, waves: bool | None = None,
+def build(component: wiring.Component | Callable[[], wiring.Component], name: str, *,
+          waves: bool | None = None,
           timing: bool = False, opt_fast: str | None = "-O2",
-          build_args: Sequence[str] = (), timeout: float = 900.0) -> Build:
+          build_args: Sequence[str] = (), timeout: float = 900.0,
+          identity: str | None = None) -> Build:
     """Convert ``component`` to Verilog and build it with Verilator, or reuse a cached build.
 
     Parameters
     ----------
-    component : wiring.Component
-        The design under test. Its ports (signature members, nested names joined with
+    component : wiring.Component, or a function that makes one
+        The design under test (a function is called only when the design must be
+        converted, see ``identity``). Its ports (signature members, nested names joined with
         ``__``, plus ``clk``/``rst`` of its clock domains) are the Verilog top's ports and
         the only signals cocotb can access; waves show every signal.
     name : str
@@ -492,6 +565,11 @@ def build(component: wiring.Component, name: str, *, waves: bool | None = None,
         Extra Verilator arguments.
     timeout : float
         Wall-clock bound in seconds for waiting on the lock plus the build itself.
+    identity : str or None
+        What ``component`` is made of: its class and every constructor argument
+        (``system_top.build_system`` says ``SystemTop(n, params, bus)`` in full). With it,
+        a build made from unchanged sources is found without converting the design again
+        (see "Finding a build by its sources").
 
     Returns
     -------
@@ -506,6 +584,20 @@ def build(component: wiring.Component, name: str, *, waves: bool | None = None,
         The build (or waiting for a concurrent one) took longer than ``timeout``.
     """
     started = time.monotonic()
+    index = None
+    if identity is not None:
+        index = _source_index(name, identity, _recipe(name, waves=waves, timing=timing,
+                                                      opt_fast=opt_fast, build_args=build_args))
+        entry = _find_by_source(index)
+        if entry is not None:
+            result = Build(name=name, directory=build_root() / entry["directory"],
+                           key=entry["key"], trace=entry["trace"], cached=True,
+                           seconds=time.monotonic() - started)
+            log.info("%s cache hit by sources in %.1f s: %s", name, result.seconds,
+                     result.directory)
+            return result
+    if not isinstance(component, wiring.Component):
+        component = component()
     plan = _plan(component, name, waves=waves, timing=timing, opt_fast=opt_fast,
                  build_args=build_args)
     directory = plan.directory
@@ -515,6 +607,8 @@ def build(component: wiring.Component, name: str, *, waves: bool | None = None,
         result = Build(name=name, directory=directory, key=plan.key,
                        trace=plan.recipe["trace"], cached=cached,
                        seconds=time.monotonic() - started)
+        if index is not None:
+            _record_source(index, result, plan)
         log.info("%s %s in %.1f s: %s", name, "cache hit" if cached else "built",
                  result.seconds, directory)
         return result

@@ -9,8 +9,8 @@ functional model's bit for bit and within the compiled model's bound of PyTorch'
 summary gives the cycles per phase and device, matrix-unit utilisation, bytes over the link,
 the all-reduces' share of the time, the RTL's simulated cycles per wall second and the
 functional model's estimate against the RTL's cycles. Artifacts go to ``build/sim/``: the
-Perfetto trace and PNG timeline of the run (from the functional model's timing of the same
-streams), and with ``waves`` the FST of the RTL run.
+Perfetto trace and PNG timeline of the RTL run (every command each engine head held, traced
+from the system's ``busy`` and ``running`` ports), and with ``waves`` the FST of the run.
 """
 
 import json
@@ -70,22 +70,22 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
     options = {"waves": waves, "results_dir": out / "rtl"}
     with LLM(config, backend="rtl", backend_options=options, **kw) as rtl:
         setup = time.monotonic() - started
+        rtl.cluster.trace()
         t0 = time.monotonic()
         got = rtl.generate(prompt, sampling)[0]
         wall = time.monotonic() - t0
         rtl_cycles = dict(rtl.model.cycles)
         rtl_device = {k: list(v) for k, v in rtl.model.device_cycles.items()}
+        events = [rtl.cluster.events(d) for d in range(tp)]
+        spans = list(rtl.model.spans)
         backend = rtl.cluster.backend
     fst = backend.waves
     print(f"RTL: {got.text!r} ({sum(rtl_cycles.values()):,} cycles in {wall:.1f} s after "
           f"{setup:.1f} s of build check, compile and load)")
 
     with LLM(config, **kw) as fm:
-        fm.cluster.trace()
         want = fm.generate(prompt, sampling)[0]
         fm_cycles = dict(fm.model.cycles)
-        events = [fm.cluster.events(d) for d in range(tp)]
-        spans = list(fm.model.spans)
     torch_tokens, torch_logits = _pytorch(config, got.prompt_token_ids, tokens + 1)
 
     rtl_logits, fm_logits = np.array(got.logits), np.array(want.logits)
@@ -126,7 +126,7 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
         link_bytes = sum(e.bytes for e in events[d] if e.engine.name == "LINK")
         lines.append(f"device {d}: matrix-unit utilisation {util:.1%} ({macs[d]:,} MACs in "
                      f"{total_rtl:,} RTL cycles); {link_bytes:,} bytes sent over the link; "
-                     f"all-reduces {link[d] / sum(fm_cycles.values()):.1%} of the time")
+                     f"all-reduces {link[d] / total_rtl:.1%} of the time")
     lines.append(f"RTL: {total_rtl:,} cycles in {wall:.1f} s = {total_rtl / wall:,.0f} cycles "
                  f"per wall second ({total_rtl / hz * 1e6:.1f} us at {hz / 1e9:g} GHz)")
     lines.append(f"functional model's estimate: {sum(fm_cycles.values()):,} cycles "
@@ -135,8 +135,7 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
     files = {"perfetto": out / "trace.json", "timeline": out / "timeline.png"}
     perfetto_trace(events, params, spans, path=files["perfetto"])
     timeline_png(events, params, files["timeline"], spans,
-                 title=f"npusim sim: tiny-trained, TP = {tp}, prompt {prompt!r} "
-                       f"(functional model's timing of the RTL's streams)")
+                 title=f"npusim sim: tiny-trained on the RTL, TP = {tp}, prompt {prompt!r}")
     if fst is not None and fst.is_file():
         from .cosim.gtkwave import layout
         files["waves"] = out / "system.fst"

@@ -56,6 +56,9 @@ class EngineHeads(wiring.Component):
         To the command processor.
     idle : ``Out(4)``
         Bit ``e``: head ``e`` holds no command.
+    held : ``Out(ArrayLayout(QueueEntry, 4))``
+        The command each head holds (meaningful while its ``idle`` bit is 0): what a monitor
+        reads to trace the engines (``cosim/cluster_server.py``).
     stopped : ``In(1)``
         The device stopped: waits are abandoned (engine jobs still finish).
     watchdog : ``In(32)``
@@ -78,6 +81,7 @@ class EngineHeads(wiring.Component):
         host = stream.Signature(data.StructLayout({"index": SEM_BITS, "value": 64}))
         members = {
             "idle": Out(_ENGINES),
+            "held": Out(data.ArrayLayout(QueueEntry, _ENGINES)),
             "stopped": In(1),
             "watchdog": In(32),
             "windows": In(data.ArrayLayout(window_layout, regmap.NUM_WINDOWS)),
@@ -131,7 +135,7 @@ class EngineHeads(wiring.Component):
         state = Signal(_State, name=f"{name}_state")
         entry = Signal(QueueEntry, name=f"{name}_entry")
         waited = Signal(32, name=f"{name}_waited")
-        m.d.comb += self.idle[e].eq(state == _State.IDLE)
+        m.d.comb += [self.idle[e].eq(state == _State.IDLE), self.held[e].eq(entry)]
         cmd = entry.cmd
         wait, signal = cmd.args.sem_wait, cmd.args.sem_signal
 

@@ -22,7 +22,7 @@ link data would wait for the arbiter -- a deadlock. See ``docs/hw/device.md``.
 """
 
 from amaranth.hdl import Module
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
 from ...sw.isa.enums import Engine
@@ -32,7 +32,7 @@ from ..axi import AxiSignature
 from ..axi_arbiter import AxiArbiter
 from ..axi_write_buffer import WriteBuffer
 from ..ne.tile import NeTile
-from .cp import CommandProcessor, Mmio
+from .cp import CommandProcessor, Mmio, QueueEntry
 from .dma import BURST_BEATS, DmaEngine
 from .windows import WindowLayout
 from .heads import EngineHeads
@@ -58,6 +58,9 @@ class Device(wiring.Component):
         addresses relative to the DRAM; one more master on the DRAM arbiter.
     stopped : ``Out(1)``
         The device is FAULT or HALTED.
+    busy : ``Out(4)``, running : ``Out(ArrayLayout(QueueEntry, 4))``
+        Bit ``e``: engine ``e``'s head holds a command, and that command (its resolved form
+        and DRAM address) -- for monitors: the cosim traces the engines from these.
     """
 
     def __init__(self, params=DEFAULT):
@@ -80,6 +83,8 @@ class Device(wiring.Component):
             "link": Out(AxiSignature(self._link_arbiter.slave_params)),
             "bus_in": In(AxiSignature(self._cp.dram_axi)),
             "stopped": Out(1),
+            "busy": Out(len(Engine)),
+            "running": Out(data.ArrayLayout(QueueEntry, len(Engine))),
         })
 
     def elaborate(self, platform):
@@ -97,7 +102,8 @@ class Device(wiring.Component):
         # host side
         connect(m, wiring.flipped(self.mmio), cp.mmio)
         connect(m, cp.mmio_rdata, wiring.flipped(self.mmio_rdata))
-        m.d.comb += self.stopped.eq(cp.stopped)
+        m.d.comb += [self.stopped.eq(cp.stopped), self.busy.eq(~heads.idle),
+                     self.running.eq(heads.held)]
 
         # command processor <-> heads
         for e in Engine:

@@ -12,7 +12,7 @@ from .. import numerics as nx
 from ..isa.enums import DType, ErrorCode, RedOp, VBMode, VectorOp
 from .fault import DeviceFault
 
-__all__ = ["matmul", "vector", "reduce", "mask"]
+__all__ = ["matmul", "vector", "reduce", "mask", "macs"]
 
 _DTYPE = {DType.FP32: np.dtype("<u4"), DType.BF16: np.dtype("<u2")}
 
@@ -75,6 +75,11 @@ def _check_in_place(dst, sources):
         if t is not None and dst.overlaps(t) and not dst.same_elements(t):
             raise DeviceFault(ErrorCode.OPERAND_OVERLAP,
                               f"{dst.what} overlaps {t.what} without being it")
+
+
+def macs(name, c):
+    """Multiply-accumulates the command does (what utilisation counts): MATMUL's m n k."""
+    return c["m"] * c["n"] * c["k"] if name == "MATMUL" else 0
 
 
 def matmul(sram, c):

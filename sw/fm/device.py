@@ -432,18 +432,17 @@ class Device:
                     # a command an engine has started finishes even if the device stops
                     # meanwhile (as in the hardware); only queued ones are dropped
                     plan = self._plan_dma(cmd.name, c)
-                    yield plan.cycles
+                    yield self._jittered(plan.cycles)
                     plan.execute()
                     if plan.link_write:
                         self.system.link_dma_answered(self)
                     moved = plan.bytes
                     st.bytes += moved
                 else:
-                    yield timing.compute_cycles(p, cmd.name, c)
+                    yield self._jittered(timing.compute_cycles(p, cmd.name, c))
                     _COMPUTE[cmd.name](self.sram, c)
-                    if cmd.name == "MATMUL":
-                        macs = c["m"] * c["n"] * c["k"]
-                        st.macs += macs
+                    macs = compute.macs(cmd.name, c)
+                    st.macs += macs
             except DeviceFault as f:
                 if f.code == ErrorCode.LINK_TIMEOUT:  # nothing answers: wait out the timeout
                     yield p.link_completion_timeout
@@ -457,6 +456,11 @@ class Device:
             if self.trace is not None:
                 self.trace.append(TraceEvent(engine, cmd.name, start, self.kernel.now, addr,
                                              moved, macs))
+
+    def _jittered(self, cycles):
+        """``cycles``, or under the system's ``jitter`` a quarter to four times as many."""
+        rng = self.system.jitter
+        return cycles if rng is None else max(1, round(cycles * 4 ** rng.uniform(-1, 1)))
 
     # -- DMA ------------------------------------------------------------------------------------
 
@@ -504,7 +508,7 @@ class Device:
                 mem, local = self._target(Space.DRAM, table + 4 * first, 4 * count, write=False)
                 entries = [int(x) for x in mem.read_u32(local, count)]
         plan = _DmaPlan()
-        n_rows, row_bytes = dma.rows(name, c)
+        _, row_bytes = dma.rows(name, c)
         spaces = (Space.DRAM, Space.DRAM)
         rows = dma.copies(name, c, entries)
         for row in rows:
@@ -513,7 +517,7 @@ class Device:
                 smem, sa = self._memory(row.src_space, row.src, row.n, write=False)
                 dmem, da = self._memory(row.dst_space, row.dst, row.n, write=True)
                 plan.copies.append(_Copy(smem, sa, dmem, da, row.n))
-        plan.bytes = len(plan.copies) * row_bytes
+        plan.bytes = dma.moved(name, c)
         plan.link_write = bool(plan.copies) and spaces[1] == Space.LINK
         plan.cycles = timing.dma_cycles(
             p, spaces[0], spaces[1], len(plan.copies), row_bytes,

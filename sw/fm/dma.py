@@ -59,6 +59,12 @@ def rows(name, c):
     return c["n"], c["row_bytes"]
 
 
+def moved(name, c):
+    """Bytes the command moves (what the engine trace and statistics count)."""
+    n, row_bytes = rows(name, c)
+    return n * row_bytes
+
+
 def _span(count, stride, row_bytes):
     return (count - 1) * stride + row_bytes
 

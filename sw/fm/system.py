@@ -8,6 +8,7 @@ device wrote over the link earlier (``timing.link_write_arrival`` after that DMA
 posted writes stay in order per source.
 """
 
+import random
 from dataclasses import dataclass
 
 from ..isa import COMMAND_BYTES, Command, Space
@@ -71,10 +72,17 @@ class System:
 
     Every device gets a command ring at the top of its DRAM, its MSI address, and DMA windows
     for host memory and for the other devices' BARs (window 0 keeps all of its own DRAM).
+
+    ``jitter`` (a seed) makes every DMA and compute command take a random quarter to four
+    times its modelled cycles: a stream whose results change under jitter depends on its
+    timing -- a race between engines or devices that one timing hides and another (the
+    RTL's) shows. Tests run a schedule under several seeds and require the same bits.
     """
 
-    def __init__(self, n_devices=1, params=DEFAULT, bus=BusMap()):
+    def __init__(self, n_devices=1, params=DEFAULT, bus=BusMap(), jitter=None):
         self.params, self.bus = params, bus
+        #: the random source of ``jitter`` (None: the modelled timing)
+        self.jitter = None if jitter is None else random.Random(jitter)
         self.kernel = Kernel()
         self.host = SparseMemory(bus.host_bytes)
         self.interrupts = []  #: (cycle, device, vector) in arrival order

@@ -98,7 +98,8 @@ class Cluster:
     """``n_devices`` devices on ``backend`` (``"functional"`` or ``"rtl"``); hardware
     parameters from ``params`` (an :class:`~npusim.sw.params.HwParams`) and/or keyword
     overrides (``Cluster(2, sram_bytes=128 * 1024)``); ``backend_options`` go to the
-    backend (the RTL's: ``waves``, ``results_dir``). Use as a context manager, or call
+    backend (the functional model's: ``jitter``, a seed that randomises every command's
+    cycles; the RTL's: ``waves``, ``results_dir``). Use as a context manager, or call
     :meth:`close` (the RTL backend's simulator is a process)."""
 
     def __init__(self, n_devices=1, backend="functional", *, params=None, bus=None,
@@ -117,7 +118,8 @@ class Cluster:
         self.n_devices, self.params, self.bus = n_devices, params, bus or BusMap()
         self.backend_name = backend
         if backend == "functional":
-            self.backend = FunctionalBackend(n_devices, self.params, self.bus)
+            self.backend = FunctionalBackend(n_devices, self.params, self.bus,
+                                             **(backend_options or {}))
         else:
             self.backend = rtl.RtlBackend(n_devices, self.params, self.bus,
                                           **(backend_options or {}))
@@ -273,7 +275,7 @@ class Cluster:
         return self.backend.now()
 
     def trace(self, on=True):
-        """Record every engine's commands (functional backend), see :mod:`.profile`."""
+        """Record every engine's commands (either backend), see :mod:`.profile`."""
         self.backend.trace(on)
 
     def events(self, device):
@@ -305,9 +307,9 @@ def _as_bytes(data):
 class FunctionalBackend:
     """The primitives on the functional model (``npusim.sw.fm.system.System``)."""
 
-    def __init__(self, n, params, bus):
+    def __init__(self, n, params, bus, jitter=None):
         from npusim.sw.fm.system import System
-        self.system = System(n, params, bus)
+        self.system = System(n, params, bus, jitter=jitter)
 
     def write(self, d, addr, data):
         self.system.devices[d].dram.write(addr, np.frombuffer(data, np.uint8))

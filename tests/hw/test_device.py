@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from npusim.cosim.device_top import DEVICE_BUS, DEVICE_PARAMS, DeviceTestTop
-from npusim.cosim.verilator_flow import build, run
+from npusim.cosim.device_top import DEVICE_BUS, DEVICE_PARAMS, build_device
+from npusim.cosim.verilator_flow import run
 
 TESTBENCH = Path(__file__).with_name("device_tb.py")
 PARAMS, BUS = DEVICE_PARAMS, DEVICE_BUS
@@ -23,7 +23,7 @@ PARAMS, BUS = DEVICE_PARAMS, DEVICE_BUS
 @pytest.mark.rtl
 def test_device_streams():
     started = time.monotonic()
-    design = build(DeviceTestTop(PARAMS, BUS), "device_4x4")
+    design = build_device(PARAMS, BUS, "device_4x4")
     result = run(design, TESTBENCH, timeout=900, env={
         "DEVICE_TB_PARAMS": json.dumps(PARAMS.as_dict()),
         "DEVICE_TB_HOST_BYTES": str(BUS.host_bytes),

@@ -26,9 +26,14 @@ def signal(engine, sem, amount, remote=False, peer=0, addr=0):
         "addr": addr})
 
 
-def dma(engine, length, addr=0):
+def dma(engine, length, addr=0, n1=1, n2=1):
     return QueueEntry.const({"cmd": {"opcode": Opcode.DMA_COPY, "args": {"dma_copy": {
-        "engine": engine, "len": length, "n1": 1, "n2": 1}}}, "addr": addr})
+        "engine": engine, "len": length, "n1": n1, "n2": n2}}}, "addr": addr})
+
+
+def matmul(m, n, k, addr=0):
+    return QueueEntry.const({"cmd": {"opcode": Opcode.MATMUL, "args": {"matmul": {
+        "m": m, "n": n, "k": k}}}, "addr": addr})
 
 
 async def handshake(ctx, valid, ready):
@@ -53,6 +58,7 @@ class Bench:
         self.job_cycles = job_cycles
         self.faults, self.link_writes, self.jobs = [], [], []
         self.events = []   # (cycle, engine, what) in order
+        self.spans = []    # (engine, start, end, held): as cosim/cluster_server.py traces
 
     def run(self, entries, until, max_cycles=3000):
         dut = self.dut
@@ -97,9 +103,17 @@ class Bench:
             ctx.set(dut.watchdog, self.params.watchdog_cycles)
             for e in Engine:
                 ctx.set(dut.port("fault", e).ready, 1)
+            held = {}
             for _ in range(max_cycles):
                 await ctx.tick()
                 cycle[0] += 1
+                idle = ctx.get(dut.idle)
+                for e in Engine:
+                    if not idle >> e & 1 and e not in held:
+                        held[e] = (cycle[0], ctx.get(dut.held[e]).as_bits())
+                    elif idle >> e & 1 and e in held:
+                        start, raw = held.pop(e)
+                        self.spans.append((e, start, cycle[0], raw))
                 for e in Engine:
                     f = dut.port("fault", e)
                     if ctx.get(f.valid):
@@ -191,3 +205,28 @@ def test_two_consumers_of_one_semaphore_take_turns():
     assert b.sems[2] == 0
     starts = sorted(c for c, e, _ in b.jobs if e in (Engine.DMA_IN, Engine.DMA_OUT))
     assert starts[1] - starts[0] > b.job_cycles   # the second waited for the second signal
+
+
+def test_held_commands_trace_as_the_functional_model_counts_them():
+    """What a head holds while busy is what the RTL engine trace decodes
+    (``cosim/rtl_backend.py``): each command's name, DRAM address and bytes, its span from
+    taking it to letting it go -- a job's span covers the engine's cycles."""
+    from npusim.cosim.rtl_backend import _trace_event
+    b = Bench().run({Engine.DMA_IN: [dma(Engine.DMA_IN, 64, addr=0x100, n1=3, n2=2),
+                                     signal(Engine.DMA_IN, 4, 1, addr=0x120)],
+                     Engine.COMPUTE: [wait(Engine.COMPUTE, 4, 1, addr=0x200),
+                                      matmul(5, 6, 7, addr=0x220)]},
+                    all_idle_after(40))
+    assert not b.faults
+    events = sorted((_trace_event(*span) for span in b.spans), key=lambda ev: ev.start)
+    got = [(ev.engine, ev.name, ev.offset, ev.bytes, ev.macs) for ev in events]
+    assert sorted(got) == sorted([(Engine.DMA_IN, "DMA_COPY", 0x100, 64 * 3 * 2, 0),
+                                  (Engine.DMA_IN, "SEM_SIGNAL", 0x120, 0, 0),
+                                  (Engine.COMPUTE, "SEM_WAIT", 0x200, 0, 0),
+                                  (Engine.COMPUTE, "MATMUL", 0x220, 0, 5 * 6 * 7)])
+    copy, = (ev for ev in events if ev.name == "DMA_COPY")
+    wait_, = (ev for ev in events if ev.name == "SEM_WAIT")
+    signal_, = (ev for ev in events if ev.name == "SEM_SIGNAL")
+    assert copy.end - copy.start > b.job_cycles
+    assert signal_.start >= copy.end                    # in order on its engine
+    assert wait_.start < copy.end and wait_.end > signal_.start    # waited for the signal

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from npusim.cosim.system_top import SYSTEM_BUS, SYSTEM_PARAMS, SystemTop
-from npusim.cosim.verilator_flow import build, run
+from npusim.cosim.system_top import SYSTEM_BUS, SYSTEM_PARAMS, build_system
+from npusim.cosim.verilator_flow import run
 
 TESTBENCH = Path(__file__).with_name("system_tb.py")
 #: The cocotb tests that run.
@@ -31,7 +31,7 @@ TESTCASES = ["enumeration_and_registers", "peer_writes_and_remote_semaphores",
 @pytest.mark.parametrize("n", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_system(n):
     started = time.monotonic()
-    design = build(SystemTop(n, SYSTEM_PARAMS, SYSTEM_BUS), f"system_{n}x4x4", timeout=2400)
+    design = build_system(n, SYSTEM_PARAMS, SYSTEM_BUS, timeout=2400)
     result = run(design, TESTBENCH, testcase=TESTCASES, timeout=1800, env={
         "SYSTEM_TB_PARAMS": json.dumps(SYSTEM_PARAMS.as_dict()),
         "SYSTEM_TB_HOST_BYTES": str(SYSTEM_BUS.host_bytes),

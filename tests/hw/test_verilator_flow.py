@@ -95,6 +95,38 @@ def test_second_build_is_a_cache_hit(build_root, monkeypatch):
     run(second, TESTBENCH, testcase="accumulates", timeout=120)
 
 
+def test_identity_finds_the_build_without_converting(build_root, monkeypatch, tmp_path):
+    """With ``identity``, unchanged sources find the build without converting the design; a
+    changed design file, or another identity, converts again (and the RTLIL key decides)."""
+    import types
+    part = tmp_path / "part.py"
+    part.write_text("WIDTH = 16\n")
+    module = types.ModuleType("npusim.flowtest_part")
+    module.__file__ = str(part)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    conversions = []
+    convert = verilator_flow.rtlil.convert
+    monkeypatch.setattr(verilator_flow.rtlil, "convert",
+                        lambda *a, **k: conversions.append(1) or convert(*a, **k))
+
+    first = build(Accumulator, "accumulator", identity="Accumulator(16)")
+    assert not first.cached and len(conversions) == 1
+    _forbid_verilator(monkeypatch)
+    second = build(Accumulator, "accumulator", identity="Accumulator(16)")
+    assert second.cached and len(conversions) == 1
+    assert (second.directory, second.key, second.trace) == (first.directory, first.key, False)
+
+    part.write_text("WIDTH = 17\n")          # a design file changed: convert again
+    third = build(Accumulator, "accumulator", identity="Accumulator(16)")
+    assert third.cached and third.key == first.key and len(conversions) == 2
+    build(Accumulator, "accumulator", identity="Accumulator(16)")
+    assert len(conversions) == 2              # the new contents are recorded
+    build(Accumulator, "accumulator", identity="Accumulator(16, other)")
+    assert len(conversions) == 3
+    build(Accumulator(), "accumulator")       # no identity: always converted
+    assert len(conversions) == 4
+
+
 def test_generated_files(shared_build_root):
     design = build(Accumulator(), "accumulator")
     # The Verilog is what amaranth.back.verilog.convert() gives (the flow converts in two steps).
