@@ -5,7 +5,8 @@ devices of the system RTL's hardware, a prompt runs through prefill and ``tokens
 steps on the Verilated system (devices, switch and root complex, driven over the link by the
 runtime's ``rtl`` backend), and the same requests run on the functional model and in PyTorch.
 Checks: the RTL's tokens are PyTorch's and the functional model's, its logits are the
-functional model's bit for bit and within the compiled model's bound of PyTorch's. The
+functional model's bit for bit and within the compiled model's bound of PyTorch's, and its
+engine trace holds the same commands (count, bytes, MACs per engine) as the model's. The
 summary gives the cycles per phase and device, matrix-unit utilisation, bytes over the link,
 the all-reduces' share of the time, the RTL's simulated cycles per wall second and the
 functional model's estimate against the RTL's cycles. Artifacts go to ``build/sim/``: the
@@ -37,6 +38,17 @@ def _pytorch(config, prompt_ids, n):
     out = model.generate(ids, max_new_tokens=n, do_sample=False, output_logits=True,
                          return_dict_in_generate=True)
     return out.sequences[0, ids.shape[1]:].tolist(), torch.stack(out.logits)[:, 0].numpy()
+
+
+def _work(events):
+    """``{(engine, command): [count, bytes, MACs]}`` of a device's trace."""
+    out = {}
+    for ev in events:
+        a = out.setdefault((ev.engine.name, ev.name), [0, 0, 0])
+        a[0] += 1
+        a[1] += ev.bytes
+        a[2] += ev.macs
+    return out
 
 
 def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
@@ -84,8 +96,10 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
           f"{setup:.1f} s of build check, compile and load)")
 
     with LLM(config, **kw) as fm:
+        fm.cluster.trace()
         want = fm.generate(prompt, sampling)[0]
         fm_cycles = dict(fm.model.cycles)
+        fm_work = [_work(fm.cluster.events(d)) for d in range(tp)]
     torch_tokens, torch_logits = _pytorch(config, got.prompt_token_ids, tokens + 1)
 
     rtl_logits, fm_logits = np.array(got.logits), np.array(want.logits)
@@ -103,6 +117,8 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
          rtl_logits.shape == fm_logits.shape and not differ),
         (f"logits: RTL within {BOUND:.0%} of PyTorch's largest (worst "
          f"{max(errors):.2%})", max(errors) <= BOUND),
+        ("trace: the RTL's commands = the functional model's (per device, engine and "
+         "command: count, bytes, MACs)", [_work(ev) for ev in events] == fm_work),
     ]
 
     s = summary(events, params, spans)

@@ -18,9 +18,16 @@ def test_flagship_small(tmp_path):
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
     for check in ("PASS  tokens: RTL = PyTorch", "PASS  tokens: RTL = functional model",
                   "PASS  logits: RTL = functional model, bit for bit",
+                  "PASS  trace: the RTL's commands = the functional model's",
                   "cycles per wall second", "npusim sim: PASS"):
         assert check in out, check
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert all(summary["checks"].values()) and len(summary["tokens"]) == 3
     assert (tmp_path / "timeline.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    ran = {(ev["pid"], ev["name"]) for ev in events if ev.get("ph") == "X"}
+    devices = {pid for pid, _ in ran}
+    assert len(devices) == 2
+    for pid in devices:                     # the RTL's trace: every device ran every kind
+        assert {"MATMUL", "VECTOR", "DMA_COPY", "DMA_GATHER", "DMA_SCATTER"} <= \
+            {name for p, name in ran if p == pid}, pid
