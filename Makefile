@@ -16,7 +16,7 @@ help:  ## this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: JOBS=$(JOBS) (pytest workers), WAVES=1 (FST waves of RTL tests and of make sim);"
 	@echo "  make sim: TP=$(TP) (devices) TOKENS=$(TOKENS) (decode steps) LAYERS=$(LAYERS) (of the 2 trained)"
-	@echo "            ARRAY=$(ARRAY) (matrix-unit edge) SMALL=1 (short run) SIM_OUT=$(SIM_OUT)"
+	@echo "            ARRAY=$(ARRAY) (matrix-unit edge = vector lanes) SMALL=1 (short run) SIM_OUT=$(SIM_OUT)"
 
 install: $(STAMP)  ## create .venv and install npusim with its test extras (idempotent)
 

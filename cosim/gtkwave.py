@@ -3,13 +3,10 @@ reading first: per device the command processor's dispatches to each engine queu
 engine heads' idle bits, the DMA engines' commands and completions and their DRAM and link
 traffic, the NE tile's jobs; then the interrupts.
 
-Signal names come from the build's generated Verilog (its module port declarations), so a
-renamed port drops out of the layout instead of leaving a dangling name; Verilator's FST
-puts the top module under ``TOP``.
+Signal names come from the FST itself (:mod:`.fst`), as the run recorded them: a renamed
+port drops out of the layout instead of leaving a dangling name. Verilator's FST puts the
+design under its top module's name (no ``TOP`` scope).
 """
-
-import re
-from pathlib import Path
 
 __all__ = ["layout"]
 
@@ -28,42 +25,24 @@ _DEVICE = (
 )
 
 
-def _ports(verilog):
-    """``{module name: {port: width}}`` from the Verilog's port declarations."""
-    out, module = {}, None
-    decl = re.compile(r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:\[(\d+):(\d+)\]\s+)?(\S+?)\s*;")
-    for line in verilog.splitlines():
-        if line.startswith("module "):
-            module = line.split()[1].lstrip("\\")
-            out[module] = {}
-        elif module and (m := decl.match(line)):
-            width = int(m[2]) - int(m[3]) + 1 if m[2] else 1
-            out[module][m[4].lstrip("\\")] = width
-    return out
-
-
-def layout(verilog_path, top, n_devices, dumpfile):
-    """The ``.gtkw`` text for ``dumpfile`` of the system ``top`` with ``n_devices``."""
-    ports = _ports(Path(verilog_path).read_text())
+def layout(waves, top, n_devices, dumpfile):
+    """The ``.gtkw`` text for ``dumpfile`` of the system ``top`` with ``n_devices``;
+    ``waves`` is its ``{name: width}`` (:func:`.fst.signals`)."""
     lines = ["[*] npusim: make sim WAVES=1", f'[dumpfile] "{dumpfile}"', "[timestart] 0",
              "[size] 1600 1000", "[signals_width] 420", "[sst_width] 260"]
 
-    def signal(module, port, scope):
-        width = ports.get(module, {}).get(port)
+    def signal(path):
+        width = waves.get(path)
         if width is None:
             return []
-        name = f"TOP.{top}.{scope}.{port}" if scope else f"TOP.{top}.{port}"
-        if width == 1:
-            return ["@28", name]
-        return ["@22", f"{name}[{width - 1}:0]"]
+        return ["@28", path] if width == 1 else ["@22", f"{path}[{width - 1}:0]"]
 
     for d in range(n_devices):
         for title, sub, names in _DEVICE:
-            body = [x for p in names for x in signal(f"{top}.device{d}.{sub}", p,
-                                                    f"device{d}.{sub}")]
+            body = [x for p in names for x in signal(f"{top}.device{d}.{sub}.{p}")]
             if body:
                 lines += ["@200", f"-device {d} {title}"] + body
-    body = [x for p in ("irq_count", "stopped") for x in signal(top, p, "")]
+    body = [x for p in ("irq_count", "stopped") for x in signal(f"{top}.{p}")]
     if body:
         lines += ["@200", "-system: interrupts, stopped devices"] + body
     return "\n".join(lines) + "\n"

@@ -296,7 +296,8 @@ def build_parser():
     s.add_argument("--tp", type=int, default=2, help="tensor-parallel devices (RTL devices)")
     s.add_argument("--tokens", type=int, default=8, help="decode steps after the prefill")
     s.add_argument("--layers", type=int, default=2, help="decoder layers (of the 2 trained)")
-    s.add_argument("--array", type=int, default=4, help="matrix-unit edge (rows = columns)")
+    s.add_argument("--array", type=int, default=4,
+                   help="matrix-unit edge (rows = columns = vector lanes)")
     s.add_argument("--waves", action="store_true", help="record FST waves of the RTL run")
     s.add_argument("--small", action="store_true",
                    help="a short prompt and at most 2 decode steps (the test suite's run)")

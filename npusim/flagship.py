@@ -66,7 +66,7 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
     prompt = prompt or ("We hold" if small else PROMPT)
     if small:
         tokens = min(tokens, 2)
-    params = RTL_PARAMS.replace(array_rows=array, array_cols=array)
+    params = RTL_PARAMS.replace(array_rows=array, array_cols=array, vector_lanes=array)
     config = dict(PRESETS["tiny-trained"], num_hidden_layers=layers)
     # a short prompt still runs in a 32-token bucket: the prefill then overlaps its
     # all-reduces with the GEMMs (firmware/schedule.py), which the RTL holds to the model's
@@ -153,12 +153,13 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
     timeline_png(events, params, files["timeline"], spans,
                  title=f"npusim sim: tiny-trained on the RTL, TP = {tp}, prompt {prompt!r}")
     if fst is not None and fst.is_file():
+        from .cosim.fst import signals
         from .cosim.gtkwave import layout
         files["waves"] = out / "system.fst"
-        shutil.copyfile(fst, files["waves"])
-        verilog = next(Path(backend.design.directory).glob("*.v"))
+        shutil.move(fst, files["waves"])    # gigabytes for a default run: not copied
         files["layout"] = out / "system.gtkw"
-        files["layout"].write_text(layout(verilog, backend.design.name, tp, "system.fst"))
+        files["layout"].write_text(layout(signals(files["waves"]), backend.design.name, tp,
+                                          "system.fst"))
     (out / "summary.json").write_text(json.dumps({
         "checks": {name: bool(ok) for name, ok in checks}, "tokens": got.token_ids,
         "text": got.text, "rtl_cycles": rtl_cycles, "rtl_device_cycles": rtl_device,

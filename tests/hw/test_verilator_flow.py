@@ -17,6 +17,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from npusim.cosim import verilator_flow
+from npusim.cosim.fst import FstError, signals
+from npusim.cosim.gtkwave import layout
 from npusim.cosim.verilator_flow import (RtlTestFailure, RtlTimeoutError, build, build_key,
                                          run, toolchain_env)
 
@@ -190,6 +192,17 @@ def test_waves_are_written_to_the_results_dir(tmp_path):
                  results_dir=tmp_path / "results")
     assert result.waves == tmp_path / "results" / "dump.fst"
     assert result.waves.stat().st_size > 0
+    # the names the GTKWave layout uses (cosim/gtkwave.py), read back from the file: the
+    # design under its module's name, no TOP scope, vectors by their base name
+    waves = signals(result.waves)
+    assert waves["accumulator.total"] == 16 and waves["accumulator.din"] == 8
+    assert waves["accumulator.en"] == 1 and not any(n.startswith("TOP.") for n in waves)
+    text = layout({"system.device0.heads.idle": 4, "system.device0.cp.stopped": 1,
+                   "system.irq_count": 32}, "system", 1, "x.fst")
+    assert "system.device0.heads.idle[3:0]" in text and "system.irq_count[31:0]" in text
+    assert "system.device0.cp.stopped" in text and "dma_dma_in" not in text
+    with pytest.raises(FstError, match="no hierarchy"):
+        signals(design.verilog)
 
 
 def test_failing_cocotb_test_raises():
