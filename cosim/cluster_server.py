@@ -37,10 +37,9 @@ from multiprocessing.connection import Client
 import cocotb
 from cocotb.utils import get_sim_time
 
-from npusim.sw.isa.enums import Engine
-
 from npusim.cosim.system import SystemHost
 from npusim.sw.fm.system import BusMap
+from npusim.sw.isa.enums import Engine
 from npusim.sw.params import HwParams
 
 CLOCK_NS = 10
@@ -105,7 +104,6 @@ class EngineTracer:
 
     def __init__(self, dut, n, now):
         self.dut, self.n, self.now = dut, n, now
-        self.heads = len(Engine) * n
         self.task = None
         self.events = [[] for _ in range(n)]
 

@@ -62,26 +62,14 @@ def _lz4(src, size):
     while i < len(src):
         token = src[i]
         i += 1
-        n = token >> 4
-        if n == 15:
-            while True:
-                n += src[i]
-                i += 1
-                if src[i - 1] != 255:
-                    break
+        n, i = _lz4_length(src, i, token >> 4)
         out += src[i:i + n]
         i += n
         if i >= len(src):
             break
         offset = src[i] | src[i + 1] << 8
         i += 2
-        n = token & 15
-        if n == 15:
-            while True:
-                n += src[i]
-                i += 1
-                if src[i - 1] != 255:
-                    break
+        n, i = _lz4_length(src, i, token & 15)
         n += 4
         start = len(out) - offset
         if offset >= n:
@@ -92,6 +80,17 @@ def _lz4(src, size):
     if len(out) != size:
         raise FstError(f"LZ4 block gave {len(out)} bytes, not {size}")
     return bytes(out)
+
+
+def _lz4_length(src, i, n):
+    """A literal or match length: 15 in the token continues in bytes until one is not 255."""
+    if n == 15:
+        while True:
+            n += src[i]
+            i += 1
+            if src[i - 1] != 255:
+                break
+    return n, i
 
 
 def _varint(data, i):

@@ -11,9 +11,10 @@ Every RTL test goes through this module::
 goes into the simulator binary (build arguments, waiver files, tool versions, waves on or off),
 and converts to Verilog and builds only when ``<build root>/<name>-<hash>/`` holds no finished
 build. A caller that names what its component is made of (``identity=``) skips even the
-conversion while the design's sources are unchanged. Hand-written Verilog models instantiated from Amaranth (``Instance``) come along by
-themselves when the instance names its file in the :data:`VERILOG_SOURCE_ATTR` attribute: the
-file is compiled with the design and its contents are part of the hash. The build root is
+conversion while the design's sources are unchanged. Hand-written Verilog models instantiated
+from Amaranth (``Instance``) come along by themselves when the instance names its file in the
+:data:`VERILOG_SOURCE_ATTR` attribute: the file is compiled with the design and its contents
+are part of the hash. The build root is
 ``build/rtl/`` in the repository, or ``$NPUSIM_BUILD_DIR``. A file lock makes concurrent
 pytest-xdist workers that build the same design wait for one another instead of colliding.
 
