@@ -50,7 +50,8 @@ class RtlBackend:
                  connect_timeout=1800):
         from .system_top import build_system
         server = self.SERVER
-        self.design = build_system(n, params, bus, waves=waves, timeout=2400)
+        # a cold build grows with the devices: 4 did not finish in 40 minutes on two busy cores
+        self.design = build_system(n, params, bus, waves=waves, timeout=1200 * max(2, n))
         key = secrets.token_bytes(16)
         self._listener = Listener(("127.0.0.1", 0), authkey=key)
         host, port = self._listener.address
