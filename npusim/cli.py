@@ -172,9 +172,13 @@ def cmd_generate(args):
         sampling = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
                                   top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                   stop=tuple(args.stop))
+        limits = {}
+        if args.backend == "rtl" and args.max_context is None:
+            from .flagship import RTL_BUCKETS, RTL_CONTEXT
+            limits = dict(max_context=RTL_CONTEXT, prompt_buckets=RTL_BUCKETS)
         llm = LLM(args.config, tp=args.tp, backend=args.backend,
-                  max_num_seqs=args.max_num_seqs, max_context=args.max_context,
-                  kv_blocks=args.kv_blocks, block_size=args.block_size)
+                  max_num_seqs=args.max_num_seqs, kv_blocks=args.kv_blocks,
+                  block_size=args.block_size, **(limits or {"max_context": args.max_context}))
     except (GraphError, KVCacheError, ValueError, FileNotFoundError) as e:
         print(f"npusim generate: {e}", file=sys.stderr)
         return 2
@@ -340,7 +344,9 @@ def build_parser():
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     s.add_argument("--max-num-seqs", type=int, default=4, help="sequences decoding together")
-    s.add_argument("--max-context", type=int, default=None, help="positions per sequence")
+    s.add_argument("--max-context", type=int, default=None,
+                   help="positions per sequence (default 256; 64 on the rtl backend, whose "
+                        "64 KiB scratchpad then takes prefills of up to 32 tokens)")
     s.add_argument("--kv-blocks", type=int, default=64, help="KV blocks per device")
     s.add_argument("--block-size", type=int, default=16, help="KV block size in tokens")
     s.add_argument("--trace", metavar="DIR",

@@ -26,6 +26,10 @@ __all__ = ["run_flagship", "BOUND"]
 #: Logit error bound of the compiled model against PyTorch, as a fraction of the largest
 #: logit (bf16 matrix operands; docs/compiler.md).
 BOUND = 0.02
+#: What fits the system RTL's 64 KiB scratchpad: contexts of 64 positions, prefills of at most
+#: 32 tokens (a 64-token bucket's attention tiles do not fit); ``npusim generate --backend
+#: rtl`` serves within them too.
+RTL_CONTEXT, RTL_BUCKETS = 64, [16, 32]
 PROMPT = "We hold these truths"
 
 
@@ -71,7 +75,8 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
     # a short prompt still runs in a 32-token bucket: the prefill then overlaps its
     # all-reduces with the GEMMs (firmware/schedule.py), which the RTL holds to the model's
     # bits
-    kw = dict(tp=tp, max_context=64, kv_blocks=16, prompt_buckets=[32] if small else [16, 32],
+    kw = dict(tp=tp, max_context=RTL_CONTEXT, kv_blocks=16,
+              prompt_buckets=[32] if small else RTL_BUCKETS,
               max_num_seqs=1, record_logits=True, params=params)
     sampling = SamplingParams(max_tokens=tokens + 1)      # the prefill's token, then decodes
     print(f"npusim sim: tiny-trained ({layers}-layer byte-level Llama) at TP = {tp} on the "
