@@ -172,13 +172,13 @@ def cmd_generate(args):
         sampling = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
                                   top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                   stop=tuple(args.stop))
-        limits = {}
-        if args.backend == "rtl" and args.max_context is None:
+        max_context, buckets = args.max_context, None
+        if args.backend == "rtl" and max_context is None:
             from .flagship import RTL_BUCKETS, RTL_CONTEXT
-            limits = dict(max_context=RTL_CONTEXT, prompt_buckets=RTL_BUCKETS)
+            max_context, buckets = RTL_CONTEXT, RTL_BUCKETS
         llm = LLM(args.config, tp=args.tp, backend=args.backend,
-                  max_num_seqs=args.max_num_seqs, kv_blocks=args.kv_blocks,
-                  block_size=args.block_size, **(limits or {"max_context": args.max_context}))
+                  max_num_seqs=args.max_num_seqs, max_context=max_context,
+                  prompt_buckets=buckets, kv_blocks=args.kv_blocks, block_size=args.block_size)
     except (GraphError, KVCacheError, ValueError, FileNotFoundError) as e:
         print(f"npusim generate: {e}", file=sys.stderr)
         return 2

@@ -44,15 +44,12 @@ def _pytorch(config, prompt_ids, n):
     return out.sequences[0, ids.shape[1]:].tolist(), torch.stack(out.logits)[:, 0].numpy()
 
 
-def _work(events):
-    """``{(engine, command): [count, bytes, MACs]}`` of a device's trace."""
-    out = {}
-    for ev in events:
-        a = out.setdefault((ev.engine.name, ev.name), [0, 0, 0])
-        a[0] += 1
-        a[1] += ev.bytes
-        a[2] += ev.macs
-    return out
+def _work(events, params):
+    """``{(engine, command): (count, bytes, MACs)}`` of a device's trace (the profile's
+    per-command table)."""
+    from .sw.runtime.profile import summary
+    return {(c["engine"], c["command"]): (c["count"], c["bytes"], c["macs"])
+            for c in summary([events], params)["commands"]}
 
 
 def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
@@ -104,7 +101,7 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
         fm.cluster.trace()
         want = fm.generate(prompt, sampling)[0]
         fm_cycles = dict(fm.model.cycles)
-        fm_work = [_work(fm.cluster.events(d)) for d in range(tp)]
+        fm_work = [_work(fm.cluster.events(d), params) for d in range(tp)]
     torch_tokens, torch_logits = _pytorch(config, got.prompt_token_ids, tokens + 1)
 
     rtl_logits, fm_logits = np.array(got.logits), np.array(want.logits)
@@ -123,7 +120,7 @@ def run_flagship(*, tp=2, tokens=8, layers=2, waves=False, array=4, small=False,
         (f"logits: RTL within {BOUND:.0%} of PyTorch's largest (worst "
          f"{max(errors):.2%})", max(errors) <= BOUND),
         ("trace: the RTL's commands = the functional model's (per device, engine and "
-         "command: count, bytes, MACs)", [_work(ev) for ev in events] == fm_work),
+         "command: count, bytes, MACs)", [_work(ev, params) for ev in events] == fm_work),
     ]
 
     s = summary(events, params, spans)
